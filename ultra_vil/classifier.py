@@ -1,0 +1,210 @@
+"""The standalone Vision-LSTM image classifier (VisionLSTM2 of Alkin et al. 2024) and its presets.
+
+    image (B, 3, H, W) -> patch embed -> + learnable 2D position embedding (bicubic-resized to the runtime grid)
+    -> ViL blocks (alternating traversal by default) -> LayerNorm -> pooling -> Linear head
+
+Presets (`VARIANTS`) count blocks, not pairs: vil_t/vil_s/vil_b are 12 pairs (24 blocks), the paper's plus variants
+29 (ViL-T+) and 26 (ViL-S+) blocks. With the defaults (224 px, patch 16, bilateral concat, 1000 classes) the
+parameter counts equal the reference VisionLSTM2: 6,390,760 / 23,397,160 / 89,260,456 for T / S / B.
+Checkpoints written by `save_checkpoint` hold a state dict and a plain config, so they load with
+`torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ultra_vil.vil import TRAVERSALS, LayerNorm, ViLStack
+
+# dim, blocks and the drop-path rate of the paper's training recipes (src/vislstm/yamls of NX-AI/vision-lstm)
+VARIANTS = {
+    "vil_t": dict(dim=192, num_blocks=24, drop_path=0.0),
+    "vil_t_plus": dict(dim=192, num_blocks=29, drop_path=0.0),
+    "vil_s": dict(dim=384, num_blocks=24, drop_path=0.05),
+    "vil_s_plus": dict(dim=384, num_blocks=26, drop_path=0.05),
+    "vil_b": dict(dim=768, num_blocks=24, drop_path=0.2),
+}
+POOLINGS = ("bilateral_concat", "bilateral_avg", "mean", "middle_patch", "middle_cls")
+
+
+def interpolate_pos_embed(embed: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Bicubic resize of a (1, H, W, D) position embedding to `grid`; returns it unchanged if it already fits."""
+    if tuple(embed.shape[1:3]) == tuple(grid):
+        return embed
+    x = embed.permute(0, 3, 1, 2)  # (1, D, H, W)
+    x = F.interpolate(x, size=tuple(grid), mode="bicubic", align_corners=False)
+    return x.permute(0, 2, 3, 1)  # (1, H', W', D)
+
+
+class VisionLSTM(nn.Module):
+    """ViL classifier: (B, C, H, W) -> (B, num_classes).
+
+    Args:
+        dim: Token width.
+        num_blocks: ViL blocks (24 = 12 pairs for ViL-T/S/B; odd counts work).
+        num_classes: Head outputs; 0 gives no head (forward returns pooled features).
+        img_size: Training resolution (int or (H, W)): sizes the position embedding, which is resized at run time.
+        patch_size: Patch embedding kernel.
+        patch_stride: Patch embedding stride; None = patch_size. Smaller strides give overlapping patches (the
+            paper's "long-sequence" fine-tune uses stride 8 with patch 16).
+        in_chans: Image channels.
+        pooling: One of POOLINGS.
+        drop_path: Drop-path rate of every block.
+        traversal: A key of ultra_vil.vil.TRAVERSALS.
+        checkpoint: Activation checkpointing per block (memory for compute, for high resolutions).
+        **layer_kw: Passed to every ViLLayer (e.g. backend, chunk_size).
+    """
+
+    def __init__(
+        self,
+        dim: int = 192,
+        num_blocks: int = 24,
+        num_classes: int = 1000,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        patch_stride: int | None = None,
+        in_chans: int = 3,
+        pooling: str = "bilateral_concat",
+        drop_path: float = 0.0,
+        traversal: str = "alternating",
+        checkpoint: bool = False,
+        **layer_kw,
+    ) -> None:
+        super().__init__()
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        patch_stride = patch_size if patch_stride is None else patch_stride
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+        if traversal not in TRAVERSALS:
+            raise ValueError(f"unknown traversal {traversal!r}; expected one of {tuple(TRAVERSALS)}")
+        if dim < 1 or (2 * dim) % 16:
+            raise ValueError(f"dim={dim} must be a positive multiple of 8 (4 heads x 4-wide q/k/v blocks of 2*dim)")
+        if patch_size < 1 or not 1 <= patch_stride <= patch_size:
+            raise ValueError(f"need 1 <= patch_stride <= patch_size, got patch_size={patch_size}, stride={patch_stride}")
+        for side in img_size:
+            if side < patch_size or (side - patch_size) % patch_stride:
+                raise ValueError(
+                    f"img_size {img_size} does not tile into patches of {patch_size} with stride {patch_stride}"
+                )
+        self.dim, self.pooling, self.patch_size, self.patch_stride = dim, pooling, patch_size, patch_stride
+        grid = tuple((s - patch_size) // patch_stride + 1 for s in img_size)
+        self.patch_embed = nn.Conv2d(in_chans, dim, patch_size, stride=patch_stride)
+        self.pos_embed = nn.Parameter(torch.zeros(1, *grid, dim))  # (1, H', W', D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pooling == "middle_cls" else None
+        self.blocks = ViLStack(dim, num_blocks, traversal, drop_path, checkpoint=checkpoint, **layer_kw)
+        self.norm = LayerNorm(dim, eps=1e-6)
+        self.num_features = 2 * dim if pooling == "bilateral_concat" else dim
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Reference init: xavier on the flattened patch conv, pos embed N(0, 0.02) truncated, MAE-style head."""
+        w = self.patch_embed.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=2e-5)
+            nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names the recipe exempts from weight decay besides norms and biases."""
+        return {"pos_embed", "cls_token"}
+
+    def forward_features(self, x: Tensor, as_map: bool = False) -> Tensor:
+        """Tokens after the final norm: (B, C, H, W) -> (B, S, D), or the (B, D, H', W') map with `as_map`."""
+        if x.dim() != 4 or x.shape[1] != self.patch_embed.in_channels:
+            raise ValueError(
+                f"expected images (B, {self.patch_embed.in_channels}, H, W), got shape {tuple(x.shape)}"
+            )
+        x = self.patch_embed(x)  # (B, D, H', W')
+        B, D, H, W = x.shape
+        x = x.permute(0, 2, 3, 1) + interpolate_pos_embed(self.pos_embed, (H, W))  # (B, H', W', D)
+        x = x.reshape(B, H * W, D)  # (B, S, D) row-major
+        cls_index = None
+        if self.cls_token is not None:  # middle CLS token (as in Vim): inserted at the centre of the sequence
+            cls_index = H * W // 2
+            x = torch.cat([x[:, :cls_index], self.cls_token.expand(B, -1, -1), x[:, cls_index:]], 1)  # (B, S+1, D)
+        x = self.norm(self.blocks(x, (H, W), cls_index))
+        if as_map:
+            if cls_index is not None:
+                x = torch.cat([x[:, :cls_index], x[:, cls_index + 1 :]], 1)  # drop the CLS token
+            return x.transpose(1, 2).reshape(B, D, H, W)  # (B, S, D) -> (B, D, H', W')
+        return x
+
+    def pool(self, x: Tensor) -> Tensor:
+        """(B, S, D) tokens -> (B, num_features)."""
+        if self.pooling == "bilateral_concat":
+            return torch.cat([x[:, 0], x[:, -1]], -1)  # first and last token: each saw the image in one direction
+        if self.pooling == "bilateral_avg":
+            return (x[:, 0] + x[:, -1]) / 2
+        if self.pooling == "mean":
+            return x.mean(1)
+        return x[:, x.shape[1] // 2]  # middle_patch, or the CLS token inserted there (middle_cls)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(self.forward_features(x)))
+
+    @property
+    def config(self) -> dict:
+        return dict(self._config)
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    img_size: int | tuple[int, int] = 224,
+    patch_size: int = 16,
+    patch_stride: int | None = None,
+    pooling: str = "bilateral_concat",
+    drop_path: float | None = None,
+    traversal: str = "alternating",
+    **kwargs,
+) -> VisionLSTM:
+    """Build a preset of `VARIANTS` (vil_t, vil_t_plus, vil_s, vil_s_plus, vil_b); drop_path None = the preset's."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown ViL preset {name!r}; expected one of {tuple(VARIANTS)}")
+    preset = dict(VARIANTS[name])
+    if drop_path is not None:
+        preset["drop_path"] = drop_path
+    config = dict(
+        name=name, num_classes=num_classes, img_size=img_size, patch_size=patch_size, patch_stride=patch_stride,
+        pooling=pooling, traversal=traversal, **preset, **kwargs,
+    )
+    return build_from_config(config)
+
+
+def build_from_config(config: dict) -> VisionLSTM:
+    """Rebuild a model from the plain config stored in its checkpoint."""
+    kw = {k: v for k, v in config.items() if k != "name"}
+    if isinstance(kw.get("img_size"), list):
+        kw["img_size"] = tuple(kw["img_size"])
+    model = VisionLSTM(**kw)
+    model._config = dict(config)
+    return model
+
+
+def save_checkpoint(model: VisionLSTM, path: str | Path, **extra) -> None:
+    """Write {"model": state dict, "config": plain dict, **extra} atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "config": model.config, **extra}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", **overrides) -> VisionLSTM:
+    """Load a checkpoint of `save_checkpoint` with weights_only=True; `overrides` change the config (e.g. img_size),
+    the position embedding is resized to the new grid."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    config = {**ckpt["config"], **overrides}
+    model = build_from_config(config)
+    state = dict(ckpt["model"])
+    state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], tuple(model.pos_embed.shape[1:3]))
+    model.load_state_dict(state)
+    return model

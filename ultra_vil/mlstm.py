@@ -1,0 +1,282 @@
+"""The matrix-LSTM (mLSTM) cell: the package's single implementation, in three equivalent forms.
+
+Every model in ultra_vil (the ViL classifier, the YOLO modules) calls `mlstm(...)`. The three backends compute
+the same function (xLSTM, arXiv:2405.04517, Sec. 2.3; ViL, arXiv:2406.04303):
+
+    parallel   the stabilised quadratic form, O(S^2) memory: fastest for short sequences
+    chunkwise  chunks of `chunk_size` with the (C, n, m) state carried between them: O(S) memory, any S
+    recurrent  the step-by-step recurrence: the executable specification, and streaming
+
+Math, per batch and head (exponential input gate, sigmoid forget gate, keys scaled by 1/sqrt(DK)):
+    F_t = sum_{r<=t} logsigmoid(f_r);  logD[t, s] = F_t - F_s + i_s for s <= t, else -inf
+    m_t = max_s logD[t, s];  C[t, s] = (q_t . k_s / sqrt(DK)) * exp(logD[t, s] - m_t)
+    n_t = max(|sum_s C[t, s]|, exp(-m_t));  h_t = sum_s C[t, s] v_s / (n_t + eps)
+Recurrent form: C_t = f_t C_{t-1} + i_t k_t v_t^T, n_t = f_t n_{t-1} + i_t k_t, stabilised by
+m_t = max(log f_t + m_{t-1}, i_t). The state (C, n, m) is stored stabilised: the true memory is exp(m) * C.
+An empty state is C = 0, n = 0, m = -inf, so the first stabiliser equals the first input-gate pre-activation.
+
+Shape letters follow the NX-AI code: B batch, NH heads, S sequence length, DK key/query dim, DV value dim.
+All arithmetic runs in float32 (float64 stays float64) with autocast disabled; h is returned in v's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("auto", "parallel", "chunkwise", "recurrent")
+
+# `auto` uses the quadratic form up to this many steps and the chunkwise form above it. Measured with
+# scripts/benchmark.py (fwd+bwd, B=8, NH=4, DH=64, fp32): on a 2-core CPU parallel is faster up to S ~ 256
+# and chunkwise beyond; the quadratic form's O(S^2) memory also makes it a poor choice past ~1k steps.
+PARALLEL_MAX_SEQ = {"cpu": 256, "cuda": 512}
+
+
+class MLSTMState(NamedTuple):
+    """What the recurrence carries from one step (or chunk) to the next, stabilised by m."""
+
+    C: Tensor  # (B, NH, DK, DV) matrix memory / exp(m)
+    n: Tensor  # (B, NH, DK)     normaliser / exp(m)
+    m: Tensor  # (B, NH)         log-scale stabiliser
+
+
+def empty_state(B: int, NH: int, DK: int, DV: int, *, dtype: torch.dtype, device: torch.device) -> MLSTMState:
+    """The state before the first step: nothing stored, m = -inf."""
+    return MLSTMState(
+        torch.zeros(B, NH, DK, DV, dtype=dtype, device=device),
+        torch.zeros(B, NH, DK, dtype=dtype, device=device),
+        torch.full((B, NH), float("-inf"), dtype=dtype, device=device),
+    )
+
+
+def select_backend(S: int, device: torch.device | str, dtype: torch.dtype, *, need_state: bool = False) -> str:
+    """The backend `auto` runs for a sequence of S steps on `device` (rules measured by scripts/benchmark.py).
+
+    The quadratic form wins for short sequences; past `PARALLEL_MAX_SEQ[device]` the chunkwise form is both
+    faster and the only one whose memory stays linear in S. float64 follows the same rules (it is only used
+    for validation). `need_state` does not change the choice: every backend can return the final state.
+    """
+    device_type = torch.device(device).type
+    limit = PARALLEL_MAX_SEQ.get(device_type, PARALLEL_MAX_SEQ["cpu"])
+    return "parallel" if S <= limit else "chunkwise"
+
+
+def mlstm(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    igate: Tensor,
+    fgate: Tensor,
+    *,
+    backend: str = "auto",
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+    initial_state: tuple[Tensor, Tensor, Tensor] | None = None,
+    return_state: bool = False,
+) -> Tensor | tuple[Tensor, MLSTMState]:
+    """Causal mLSTM over a whole sequence.
+
+    Args:
+        q, k: Queries and keys, (B, NH, S, DK).
+        v: Values, (B, NH, S, DV).
+        igate: Input-gate pre-activations, (B, NH, S) (exponential gate).
+        fgate: Forget-gate pre-activations, (B, NH, S) (sigmoid gate, applied in log space).
+        backend: "auto", "parallel", "chunkwise" or "recurrent".
+        chunk_size: Steps per chunk of the chunkwise backend; S need not be a multiple of it.
+        eps: Added to the normaliser.
+        initial_state: (C, n, m) to continue from, as returned with `return_state=True`; None is the empty state.
+        return_state: Also return the state after the last step.
+
+    Returns:
+        h, (B, NH, S, DV) in v's dtype; with `return_state`, (h, MLSTMState) with the state in the compute dtype.
+        Row t of h depends only on steps 0..t.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown mLSTM backend {backend!r}; expected one of {BACKENDS}")
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"mlstm expects q, k (B, NH, S, DK) and v (B, NH, S, DV), got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if igate.shape != q.shape[:3] or fgate.shape != q.shape[:3]:
+        raise ValueError(
+            f"mlstm expects gates of shape (B, NH, S) = {tuple(q.shape[:3])}, "
+            f"got igate {tuple(igate.shape)}, fgate {tuple(fgate.shape)}"
+        )
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    B, NH, S, DK = q.shape
+    DV = v.shape[-1]
+    if backend == "auto":
+        backend = select_backend(S, q.device, q.dtype, need_state=return_state)
+
+    compute_dtype = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
+    with torch.autocast(q.device.type, enabled=False):
+        q_, k_, v_, i_, f_ = (t.to(compute_dtype) for t in (q, k, v, igate, fgate))
+        k_ = k_ * (1.0 / math.sqrt(DK))  # the key scaling of the contract, applied once here
+        logf = F.logsigmoid(f_)  # (B, NH, S)
+        if initial_state is None:
+            state = None
+        else:
+            C0, n0, m0 = initial_state
+            if C0.shape != (B, NH, DK, DV) or n0.shape != (B, NH, DK) or m0.shape != (B, NH):
+                raise ValueError(
+                    f"initial_state must be C {(B, NH, DK, DV)}, n {(B, NH, DK)}, m {(B, NH)}; got "
+                    f"{tuple(C0.shape)}, {tuple(n0.shape)}, {tuple(m0.shape)}"
+                )
+            state = MLSTMState(C0.to(compute_dtype), n0.to(compute_dtype), m0.to(compute_dtype))
+        if S == 0:  # nothing to scan: empty output, state unchanged
+            h = v_.new_zeros(B, NH, 0, DV)
+            last = state if state is not None else empty_state(B, NH, DK, DV, dtype=compute_dtype, device=q.device)
+        elif backend == "parallel":
+            h, last = _parallel(q_, k_, v_, i_, logf, state, eps, return_state)
+        elif backend == "chunkwise":
+            h, last = _chunkwise(q_, k_, v_, i_, logf, state, eps, chunk_size, return_state)
+        else:
+            h, last = _recurrent(q_, k_, v_, i_, logf, state, eps)
+    h = h.to(v.dtype)
+    return (h, last) if return_state else h
+
+
+def _readout(num: Tensor, den: Tensor, m: Tensor, eps: float) -> Tensor:
+    """h = num / (max(|den|, exp(-m)) + eps). num (..., DV), den and m (...)."""
+    normaliser = torch.maximum(den.abs(), torch.exp(-m))
+    return num / (normaliser + eps).unsqueeze(-1)
+
+
+def _parallel(q, k, v, i, logf, state, eps, return_state):
+    """Quadratic form; `state` enters as one extra, already-accumulated 'step' before step 0."""
+    B, NH, S, DK = q.shape
+    Fcum = logf.cumsum(-1)  # (B, NH, S)  log(f_0 * ... * f_t)
+    logD = Fcum[..., :, None] - Fcum[..., None, :] + i[..., None, :]  # (B, NH, S, S)
+    causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
+    logD = logD.masked_fill(~causal, float("-inf"))
+    m = logD.amax(-1)  # (B, NH, S)
+    if state is not None:
+        log_state = Fcum + state.m[..., None]  # (B, NH, S)  weight of the carried state at step t
+        m = torch.maximum(m, log_state)
+    D = torch.exp(logD - m[..., None])  # (B, NH, S, S)  <= 1
+    Cmat = (q @ k.transpose(-2, -1)) * D  # (B, NH, S, S)
+    num = Cmat @ v  # (B, NH, S, DV)
+    den = Cmat.sum(-1)  # (B, NH, S)
+    if state is not None:
+        w = torch.exp(log_state - m)  # (B, NH, S)
+        num = num + w[..., None] * (q @ state.C)
+        den = den + w * (q @ state.n[..., None]).squeeze(-1)
+    h = _readout(num, den, m, eps)
+    last = None
+    if return_state:
+        # the state after step S-1, from the same weights the last row of the quadratic form uses
+        a = Fcum[..., -1:] - Fcum + i  # (B, NH, S)  log weight of input s at the end
+        m_end = a.amax(-1)  # (B, NH)
+        if state is not None:
+            m_end = torch.maximum(m_end, Fcum[..., -1] + state.m)
+        wa = torch.exp(a - m_end[..., None])  # (B, NH, S)
+        C_end = (k * wa[..., None]).transpose(-2, -1) @ v  # (B, NH, DK, DV)
+        n_end = (k * wa[..., None]).sum(-2)  # (B, NH, DK)
+        if state is not None:
+            ws = torch.exp(Fcum[..., -1] + state.m - m_end)  # (B, NH)
+            C_end = C_end + ws[..., None, None] * state.C
+            n_end = n_end + ws[..., None] * state.n
+        last = MLSTMState(C_end, n_end, m_end)
+    return h, last
+
+
+def _chunkwise(q, k, v, i, logf, state, eps, L, return_state):
+    """Chunks of L steps: a short loop carries (C, n, m) across chunks, then all chunks run in parallel.
+
+    The end is padded to a multiple of L with steps that neither write (input gate -inf) nor forget
+    (log forget gate 0), so padding changes neither earlier outputs nor the final state. Memory is
+    O(S * (L + DK * DV / L)) per batch and head: linear in S.
+    """
+    B, NH, S, DK = q.shape
+    DV = v.shape[-1]
+    pad = (-S) % L
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        i = F.pad(i, (0, pad), value=float("-inf"))
+        logf = F.pad(logf, (0, pad), value=0.0)
+    NC = (S + pad) // L
+    qc, kc, vc = (t.reshape(B, NH, NC, L, t.shape[-1]) for t in (q, k, v))  # (B, NH, NC, L, D*)
+    ic, fc = i.reshape(B, NH, NC, L), logf.reshape(B, NH, NC, L)
+    Fc = fc.cumsum(-1)  # (B, NH, NC, L)  decay from chunk start to step t (inclusive)
+    g = Fc[..., -1]  # (B, NH, NC)  decay over the whole chunk
+
+    # what each chunk alone writes into the memory, stabilised by its own max
+    a = g[..., None] - Fc + ic  # (B, NH, NC, L)  log weight of input s at the chunk's end
+    m_loc = a.amax(-1)  # (B, NH, NC)  finite: every chunk holds at least one real step
+    wa = torch.exp(a - m_loc[..., None])  # (B, NH, NC, L)
+    kw = kc * wa[..., None]  # (B, NH, NC, L, DK)
+    C_loc = kw.transpose(-2, -1) @ vc  # (B, NH, NC, DK, DV)
+    n_loc = kw.sum(-2)  # (B, NH, NC, DK)
+
+    # the state entering each chunk: a sequential scan over NC chunks of small (DK, DV) updates
+    if state is None:
+        state = empty_state(B, NH, DK, DV, dtype=q.dtype, device=q.device)
+    C, n, m = state
+    C_in, n_in, m_in = [], [], []
+    for c in range(NC):
+        C_in.append(C)
+        n_in.append(n)
+        m_in.append(m)
+        m_new = torch.maximum(g[..., c] + m, m_loc[..., c])  # (B, NH)
+        w_old = torch.exp(g[..., c] + m - m_new)  # (B, NH)  0 for the empty state
+        w_loc = torch.exp(m_loc[..., c] - m_new)  # (B, NH)
+        C = w_old[..., None, None] * C + w_loc[..., None, None] * C_loc[:, :, c]
+        n = w_old[..., None] * n + w_loc[..., None] * n_loc[:, :, c]
+        m = m_new
+    C_in, n_in, m_in = torch.stack(C_in, 2), torch.stack(n_in, 2), torch.stack(m_in, 2)  # (B, NH, NC, ...)
+
+    # outputs: the carried state plus the causal quadratic form inside each chunk
+    log_state = Fc + m_in[..., None]  # (B, NH, NC, L)
+    logD = Fc[..., :, None] - Fc[..., None, :] + ic[..., None, :]  # (B, NH, NC, L, L)
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    logD = logD.masked_fill(~causal, float("-inf"))
+    m_t = torch.maximum(logD.amax(-1), log_state)  # (B, NH, NC, L)
+    D = torch.exp(logD - m_t[..., None])  # (B, NH, NC, L, L)
+    Cmat = (qc @ kc.transpose(-2, -1)) * D  # (B, NH, NC, L, L)
+    w = torch.exp(log_state - m_t)  # (B, NH, NC, L)
+    num = Cmat @ vc + w[..., None] * (qc @ C_in)  # (B, NH, NC, L, DV)
+    den = Cmat.sum(-1) + w * (qc @ n_in[..., None]).squeeze(-1)  # (B, NH, NC, L)
+    h = _readout(num, den, m_t, eps).reshape(B, NH, NC * L, DV)[:, :, :S]  # (B, NH, S, DV)
+    return h, (MLSTMState(C, n, m) if return_state else None)
+
+
+def _recurrent(q, k, v, i, logf, state, eps):
+    """One step at a time: the specification the other backends are tested against."""
+    B, NH, S, DK = q.shape
+    if state is None:
+        state = empty_state(B, NH, DK, v.shape[-1], dtype=q.dtype, device=q.device)
+    hs = []
+    for t in range(S):
+        h_t, state = mlstm_step(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], logf[:, :, t], state, eps)
+        hs.append(h_t)
+    return torch.stack(hs, 2), state  # (B, NH, S, DV)
+
+
+def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, state: MLSTMState, eps: float = 1e-6):
+    """One recurrent step on already-scaled keys and log forget gates.
+
+    Args:
+        q, k: (B, NH, DK), k already multiplied by 1/sqrt(DK).
+        v: (B, NH, DV).
+        i: Input-gate pre-activation, (B, NH).
+        logf: logsigmoid of the forget-gate pre-activation, (B, NH).
+        state: The state after the previous step.
+
+    Returns:
+        (h_t (B, NH, DV), the new state).
+    """
+    C, n, m = state
+    m_new = torch.maximum(logf + m, i)  # (B, NH)
+    f_ = torch.exp(logf + m - m_new)  # (B, NH)  0 while the state is empty (m = -inf)
+    i_ = torch.exp(i - m_new)  # (B, NH)
+    C = f_[..., None, None] * C + i_[..., None, None] * (k[..., :, None] * v[..., None, :])  # (B, NH, DK, DV)
+    n = f_[..., None] * n + i_[..., None] * k  # (B, NH, DK)
+    num = (q[..., None, :] @ C).squeeze(-2)  # (B, NH, DV)
+    den = (q * n).sum(-1)  # (B, NH)
+    return _readout(num, den, m_new, eps), MLSTMState(C, n, m_new)

@@ -1,0 +1,392 @@
+"""Vision-LSTM layers, blocks and block pairs (VisionLSTM2 of Alkin et al. 2024, arXiv:2406.04303).
+
+Everything here works on token sequences (B, S, D) laid out row-major over a grid (H, W) that is passed at run
+time: the 2D convolution and every sequence <-> image reshape use the grid of the current input, so one module
+runs on any H x W, rectangular included (the reference builds the conv for one fixed grid and is silently wrong
+on others). The mLSTM itself is `ultra_vil.mlstm.mlstm`, the package's only copy of the cell math.
+
+A ViL block is `x + DropPath(ViLLayer(LayerNorm(x)))`; a ViLLayer with D = dim and E = expansion * D:
+    x_m, z = proj_up(x)                       Linear(D, 2E)
+    x_c = SiLU(depthwise 3x3 conv of x_m on the grid)
+    q, k = headwise(x_c); v = headwise(x_m)   block-diagonal 4x4 projections; v from the *unconvolved* branch
+    igate, fgate = Linear(3E, NH)(cat(q, k, v))
+    h~ = GroupNorm_NH(mlstm(q, k, v, igate, fgate))   NH = 4 heads of E / 4
+    out = proj_down((h~ + learnable_skip * x_c) * SiLU(z))
+Traversal: a direction reorders the tokens before the mixer and restores the order after it. Row-wise from the
+bottom-right is the reversed row-major sequence, i.e. the grid rotated by 180 degrees, so the conv still sees a
+consistent image; column-wise orders transpose the grid to (W, H).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import Tensor, nn
+
+from ultra_vil.mlstm import mlstm
+
+DIRECTIONS = ("row_fwd", "row_bwd", "col_fwd", "col_bwd")
+
+# traversal name -> (directions of each block in a repeating cycle, directions mixed inside one block, shared)
+# "alternating" is ViL's choice; the others are the block designs of the paper's ablation (Sec. 4 / Table 2,
+# src/vislstm/modules/xlstm/blocks/mlstm/layer.py of NX-AI/vision-lstm).
+TRAVERSALS = {
+    "alternating": dict(cycle=(("row_fwd",), ("row_bwd",)), shared=False),
+    "alternating_quad": dict(cycle=(("row_fwd",), ("row_bwd",), ("col_fwd",), ("col_bwd",)), shared=False),
+    "bidirectional": dict(cycle=(("row_fwd", "row_bwd"),), shared=False),
+    "bidirectional_shared": dict(cycle=(("row_fwd", "row_bwd"),), shared=True),
+    "quaddirectional": dict(cycle=(DIRECTIONS,), shared=False),
+    "quaddirectional_shared": dict(cycle=(DIRECTIONS,), shared=True),
+}
+
+
+def small_init_(param: Tensor, dim: int) -> Tensor:
+    """N(0, sqrt(2 / (5 dim))): 'Transformers without Tears' (Nguyen & Salazar 2019), as in xLSTM and ViL."""
+    return nn.init.normal_(param, mean=0.0, std=math.sqrt(2 / (5 * dim)))
+
+
+def wang_init_(param: Tensor, dim: int, num_blocks: int) -> Tensor:
+    """N(0, 2 / (num_blocks sqrt(dim))) (GPT-NeoX); ViL's released models used num_blocks = 1."""
+    return nn.init.normal_(param, mean=0.0, std=2 / num_blocks / math.sqrt(dim))
+
+
+def block_directions(traversal: str, block_index: int) -> tuple[str, ...]:
+    """The directions block `block_index` (0-based) reads its tokens in, for a traversal of TRAVERSALS."""
+    if traversal not in TRAVERSALS:
+        raise ValueError(f"unknown traversal {traversal!r}; expected one of {tuple(TRAVERSALS)}")
+    cycle = TRAVERSALS[traversal]["cycle"]
+    return cycle[block_index % len(cycle)]
+
+
+def to_direction(x: Tensor, grid: tuple[int, int], direction: str) -> tuple[Tensor, tuple[int, int]]:
+    """Reorder row-major tokens (B, H*W, C) into `direction`; returns them with the grid they now lie on."""
+    H, W = grid
+    if direction == "row_fwd":
+        return x, (H, W)
+    if direction == "row_bwd":
+        return x.flip(1), (H, W)  # reversed raster = grid rotated by 180 degrees, still H x W
+    B, S, C = x.shape
+    xt = x.reshape(B, H, W, C).transpose(1, 2).reshape(B, S, C)  # column-major order, grid (W, H)
+    return (xt if direction == "col_fwd" else xt.flip(1)), (W, H)
+
+
+def from_direction(x: Tensor, grid: tuple[int, int], direction: str) -> Tensor:
+    """Inverse of `to_direction`: tokens in `direction` order back to row-major over grid (H, W)."""
+    H, W = grid
+    if direction == "row_fwd":
+        return x
+    if direction == "row_bwd":
+        return x.flip(1)
+    B, S, C = x.shape
+    if direction == "col_bwd":
+        x = x.flip(1)
+    return x.reshape(B, W, H, C).transpose(1, 2).reshape(B, S, C)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm whose scale is stored as w with effective weight 1 + w (w = 0 at init), as in ViL. (..., D)."""
+
+    def __init__(self, dim: int, bias: bool = True, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, (x.shape[-1],), 1.0 + self.weight, self.bias, self.eps)
+
+
+class MultiHeadNorm(nn.Module):
+    """GroupNorm over each head's features (weight 1 + w): (B, NH, S, DH) -> (B, S, NH * DH)."""
+
+    def __init__(self, dim: int, num_heads: int, bias: bool = True, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        self.eps = eps
+
+    def forward(self, h: Tensor) -> Tensor:
+        B, NH, S, DH = h.shape
+        x = h.transpose(1, 2).reshape(B * S, NH * DH)  # (B*S, E)
+        x = F.group_norm(x, NH, 1.0 + self.weight, self.bias, self.eps)
+        return x.reshape(B, S, NH * DH)  # (B, S, E)
+
+
+class HeadwiseLinear(nn.Module):
+    """Block-diagonal projection: `dim` features in blocks of `block_size`, each with its own square matrix.
+
+    (..., dim) -> (..., dim). Weight (dim / block_size, block_size, block_size), rows = outputs (as in ViL).
+    """
+
+    def __init__(self, dim: int, block_size: int, bias: bool = True) -> None:
+        super().__init__()
+        if dim % block_size:
+            raise ValueError(f"HeadwiseLinear: dim={dim} is not divisible by block_size={block_size}")
+        self.block_size = block_size
+        self.weight = nn.Parameter(torch.empty(dim // block_size, block_size, block_size))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x = x.reshape(*shape[:-1], -1, 1, self.block_size)  # (..., NB, 1, bs)
+        x = (x @ self.weight.transpose(-2, -1)).reshape(shape)  # (..., NB, 1, bs) -> (..., dim)
+        return x if self.bias is None else x + self.bias
+
+
+class MLSTMMixer(nn.Module):
+    """The mLSTM branch of a ViL layer for one traversal: conv, q/k/v, gates, cell, head norm, skip.
+
+    (x_m (B, S, E) in traversal order, grid (H', W') of that order) -> (B, S, E).
+    """
+
+    def __init__(
+        self,
+        inner_dim: int,
+        num_heads: int = 4,
+        qkv_block_size: int = 4,
+        conv_kernel_size: int = 3,
+        bias: bool = True,
+        backend: str = "auto",
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__()
+        if inner_dim % num_heads:
+            raise ValueError(f"inner dim {inner_dim} is not divisible by num_heads={num_heads}")
+        if conv_kernel_size % 2 != 1:
+            raise ValueError(f"conv_kernel_size must be odd (same-size 2D conv), got {conv_kernel_size}")
+        self.num_heads = num_heads
+        self.backend = backend
+        self.chunk_size = chunk_size
+        E = inner_dim
+        self.conv = nn.Conv2d(E, E, conv_kernel_size, padding=conv_kernel_size // 2, groups=E, bias=bias)
+        self.q_proj = HeadwiseLinear(E, qkv_block_size, bias)
+        self.k_proj = HeadwiseLinear(E, qkv_block_size, bias)
+        self.v_proj = HeadwiseLinear(E, qkv_block_size, bias)
+        self.igate = nn.Linear(3 * E, num_heads)
+        self.fgate = nn.Linear(3 * E, num_heads)
+        self.outnorm = MultiHeadNorm(E, num_heads, bias)
+        self.learnable_skip = nn.Parameter(torch.ones(E))
+
+    def forward(self, x_m: Tensor, grid: tuple[int, int], cls_index: int | None = None) -> Tensor:
+        B, S, E = x_m.shape
+        x_c = F.silu(self._conv(x_m, grid, cls_index))  # (B, S, E)
+        q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)  # (B, S, E) each
+        qkv = torch.cat([q, k, v], -1)  # (B, S, 3E)
+        igate = self.igate(qkv).transpose(1, 2)  # (B, NH, S)
+        fgate = self.fgate(qkv).transpose(1, 2)  # (B, NH, S)
+        NH = self.num_heads
+        q, k, v = (t.reshape(B, S, NH, E // NH).transpose(1, 2) for t in (q, k, v))  # (B, NH, S, DH)
+        h = mlstm(q, k, v, igate, fgate, backend=self.backend, chunk_size=self.chunk_size)  # (B, NH, S, DH)
+        return self.outnorm(h) + self.learnable_skip * x_c  # (B, S, E)
+
+    def _conv(self, x_m: Tensor, grid: tuple[int, int], cls_index: int | None) -> Tensor:
+        """Depthwise 2D conv of the tokens on the runtime grid, (B, S, E) -> (B, S, E).
+
+        A CLS token at `cls_index` (middle-CLS pooling) has no spatial neighbours: it gets the conv of a 1 x 1
+        image with zero padding, i.e. the kernel's centre tap plus the bias.
+        """
+        B, S, E = x_m.shape
+        H, W = grid
+        if cls_index is None:
+            img = x_m.transpose(1, 2).reshape(B, E, H, W)  # (B, E, H, W)
+            return self.conv(img).flatten(2).transpose(1, 2)  # (B, S, E)
+        patches = torch.cat([x_m[:, :cls_index], x_m[:, cls_index + 1 :]], 1)  # (B, H*W, E)
+        out = self._conv(patches, grid, None)  # (B, H*W, E)
+        k = self.conv.kernel_size[0] // 2
+        cls = x_m[:, cls_index : cls_index + 1] * self.conv.weight[:, 0, k, k]  # (B, 1, E)
+        if self.conv.bias is not None:
+            cls = cls + self.conv.bias
+        return torch.cat([out[:, :cls_index], cls, out[:, cls_index:]], 1)  # (B, S, E)
+
+
+class ViLLayer(nn.Module):
+    """The ViL 'mLSTM block' (gated up/down projection around the mixer): (B, S, D), grid -> (B, S, D).
+
+    Args:
+        dim: Token width D.
+        directions: Traversals mixed inside this layer (one for ViL's alternating design); their outputs are
+            summed before the output gate, as in the paper's bidirectional / quad-directional ablations.
+        shared: One mixer (conv, q/k/v, gates, cell) for all directions instead of one each.
+        expansion: Inner width E = expansion * D.
+        num_heads: mLSTM heads (4 in ViL).
+        qkv_block_size: Block size of the block-diagonal q/k/v projections (4 in ViL).
+        conv_kernel_size: Depthwise 2D conv kernel (3 in VisionLSTM2).
+        bias: Biases in projections, conv and norms (VisionLSTM2: on).
+        num_blocks_init: num_blocks of wang_init for proj_down (1 = the released ViL models).
+        backend, chunk_size: Passed to `mlstm`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        directions: tuple[str, ...] = ("row_fwd",),
+        shared: bool = False,
+        expansion: int = 2,
+        num_heads: int = 4,
+        qkv_block_size: int = 4,
+        conv_kernel_size: int = 3,
+        bias: bool = True,
+        num_blocks_init: int = 1,
+        backend: str = "auto",
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__()
+        for d in directions:
+            if d not in DIRECTIONS:
+                raise ValueError(f"unknown direction {d!r}; expected one of {DIRECTIONS}")
+        E = expansion * dim
+        if E % num_heads or E % qkv_block_size:
+            raise ValueError(
+                f"ViLLayer: inner dim {E} (= {expansion} x dim {dim}) must be divisible by num_heads={num_heads} "
+                f"and qkv_block_size={qkv_block_size}"
+            )
+        self.dim = dim
+        self.directions = tuple(directions)
+        self.shared = shared
+        self.proj_up = nn.Linear(dim, 2 * E, bias=bias)
+        n_mixers = 1 if shared else len(self.directions)
+        self.mixers = nn.ModuleList(
+            MLSTMMixer(E, num_heads, qkv_block_size, conv_kernel_size, bias, backend, chunk_size)
+            for _ in range(n_mixers)
+        )
+        self.proj_down = nn.Linear(E, dim, bias=bias)
+        self.reset_parameters(num_blocks_init)
+
+    def reset_parameters(self, num_blocks_init: int = 1) -> None:
+        """VisionLSTM2 init: small_init (with the outer dim) for proj_up and q/k/v, wang_init for proj_down,
+        zero gate weights, forget-gate bias linspace(3, 6), input-gate bias N(0, 0.1), norms at 1 + 0."""
+        small_init_(self.proj_up.weight, self.dim)
+        wang_init_(self.proj_down.weight, self.dim, num_blocks_init)
+        for lin in (self.proj_up, self.proj_down):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        for mixer in self.mixers:
+            for proj in (mixer.q_proj, mixer.k_proj, mixer.v_proj):
+                small_init_(proj.weight, self.dim)
+                if proj.bias is not None:
+                    nn.init.zeros_(proj.bias)
+            nn.init.zeros_(mixer.fgate.weight)
+            with torch.no_grad():
+                mixer.fgate.bias.copy_(torch.linspace(3.0, 6.0, mixer.num_heads))
+            nn.init.zeros_(mixer.igate.weight)
+            nn.init.normal_(mixer.igate.bias, mean=0.0, std=0.1)
+            nn.init.ones_(mixer.learnable_skip)
+            nn.init.zeros_(mixer.outnorm.weight)
+            if mixer.outnorm.bias is not None:
+                nn.init.zeros_(mixer.outnorm.bias)
+
+    def forward(self, x: Tensor, grid: tuple[int, int], cls_index: int | None = None) -> Tensor:
+        """(B, S, D) row-major tokens over `grid` -> (B, S, D). With `cls_index`, S = H*W + 1 and token
+        `cls_index` is a CLS token without a grid position (row-wise directions only)."""
+        B, S, D = x.shape
+        if grid[0] * grid[1] + (cls_index is not None) != S:
+            raise ValueError(f"ViLLayer: grid {tuple(grid)} does not hold {S} tokens")
+        x_m, z = self.proj_up(x).chunk(2, dim=-1)  # (B, S, E) each
+        h = 0
+        for j, direction in enumerate(self.directions):
+            mixer = self.mixers[0 if self.shared else j]
+            if cls_index is None:
+                x_d, grid_d = to_direction(x_m, grid, direction)  # (B, S, E) in traversal order
+                h = h + from_direction(mixer(x_d, grid_d), grid, direction)  # back to row-major
+            elif direction in ("row_fwd", "row_bwd"):
+                flip = direction == "row_bwd"  # reversing the whole sequence keeps the patches a (rotated) grid
+                x_d = x_m.flip(1) if flip else x_m
+                out = mixer(x_d, grid, S - 1 - cls_index if flip else cls_index)
+                h = h + (out.flip(1) if flip else out)
+            else:
+                raise ValueError(f"a CLS token is only supported with row-wise traversals, not {direction!r}")
+        return self.proj_down(h * F.silu(z))  # (B, S, D)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch: drops the whole branch per sample with probability p."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class ViLBlock(nn.Module):
+    """Pre-norm residual ViL block: (B, S, D), grid (H, W) -> (B, S, D)."""
+
+    def __init__(self, dim: int, directions: tuple[str, ...] = ("row_fwd",), drop_path: float = 0.0, **layer_kw):
+        super().__init__()
+        self.norm = LayerNorm(dim, bias=layer_kw.get("bias", True))
+        self.layer = ViLLayer(dim, directions, **layer_kw)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, grid: tuple[int, int], cls_index: int | None = None) -> Tensor:
+        return x + self.drop_path(self.layer(self.norm(x), grid, cls_index))
+
+
+class ViLBlockPair(nn.Module):
+    """Two ViL blocks: top-left -> bottom-right, then bottom-right -> top-left. (B, S, D), grid -> (B, S, D)."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, **layer_kw) -> None:
+        super().__init__()
+        self.rowwise_from_top_left = ViLBlock(dim, ("row_fwd",), drop_path, **layer_kw)
+        self.rowwise_from_bot_right = ViLBlock(dim, ("row_bwd",), drop_path, **layer_kw)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        return self.rowwise_from_bot_right(self.rowwise_from_top_left(x, grid), grid)
+
+
+class ViLStack(nn.Module):
+    """`num_blocks` ViL blocks whose directions follow `traversal` (an odd count is allowed).
+
+    (B, S, D), grid (H, W) -> (B, S, D). With traversal "alternating" and an even count this is
+    num_blocks / 2 ViLBlockPairs, parameter for parameter.
+
+    Args:
+        dim: Token width.
+        num_blocks: Number of blocks (not pairs).
+        traversal: A key of TRAVERSALS.
+        drop_path: One rate for every block, or a list with one rate per block.
+        checkpoint: Recompute each block in backward (activation checkpointing) to save memory.
+        **layer_kw: Passed to ViLLayer (expansion, num_heads, backend, chunk_size, ...).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_blocks: int,
+        traversal: str = "alternating",
+        drop_path: float | list[float] = 0.0,
+        checkpoint: bool = False,
+        **layer_kw,
+    ) -> None:
+        super().__init__()
+        if num_blocks < 1:
+            raise ValueError(f"ViLStack needs at least one block, got num_blocks={num_blocks}")
+        rates = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * num_blocks
+        if len(rates) != num_blocks:
+            raise ValueError(f"drop_path has {len(rates)} rates for {num_blocks} blocks")
+        shared = TRAVERSALS[traversal]["shared"] if traversal in TRAVERSALS else False
+        self.blocks = nn.ModuleList(
+            ViLBlock(dim, block_directions(traversal, b), rates[b], shared=shared, **layer_kw)
+            for b in range(num_blocks)
+        )
+        self.checkpoint = checkpoint
+
+    def forward(self, x: Tensor, grid: tuple[int, int], cls_index: int | None = None) -> Tensor:
+        for block in self.blocks:
+            if self.checkpoint and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, grid, cls_index, use_reentrant=False)
+            else:
+                x = block(x, grid, cls_index)
+        return x
