@@ -167,15 +167,19 @@ def create_model(
     traversal: str = "alternating",
     **kwargs,
 ) -> VisionLSTM:
-    """Build a preset of `VARIANTS` (vil_t, vil_t_plus, vil_s, vil_s_plus, vil_b); drop_path None = the preset's."""
+    """Build a preset of `VARIANTS` (vil_t, vil_t_plus, vil_s, vil_s_plus, vil_b).
+
+    drop_path None keeps the preset's rate. Other keywords of `VisionLSTM` (dim, num_blocks, checkpoint, backend,
+    chunk_size, ...) override the preset; everything ends up in `model.config`, the plain dict a checkpoint stores.
+    """
     if name not in VARIANTS:
         raise ValueError(f"unknown ViL preset {name!r}; expected one of {tuple(VARIANTS)}")
-    preset = dict(VARIANTS[name])
+    preset = {**VARIANTS[name], **kwargs}  # keyword overrides (dim, num_blocks, backend, ...) win over the preset
     if drop_path is not None:
         preset["drop_path"] = drop_path
     config = dict(
         name=name, num_classes=num_classes, img_size=img_size, patch_size=patch_size, patch_stride=patch_stride,
-        pooling=pooling, traversal=traversal, **preset, **kwargs,
+        pooling=pooling, traversal=traversal, **preset,
     )
     return build_from_config(config)
 
