@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from ultra_vil.benchmark import peak_mem_mb
 from ultra_vil.mlstm import BACKENDS, PARALLEL_MAX_SEQ, mlstm, select_backend
 
 B, NH, DK, DV = 2, 3, 8, 6  # NH != DK != DV: transposes cannot hide
@@ -185,22 +186,6 @@ def test_auto_dispatch_rules():
         assert select_backend(25600, device, torch.float32) == "chunkwise"
 
 
-def peak_bytes(fn):
-    """Peak CPU memory allocated by torch while `fn` runs, from the profiler's allocation events."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.events() if e.cpu_memory_usage != 0), key=lambda e: e.time_range.start
-    )
-    current = peak = 0
-    for e in events:
-        current += e.cpu_memory_usage
-        peak = max(peak, current)
-    return peak
-
-
 def test_chunkwise_memory_is_linear():
     """Peak memory of forward + backward at S = 4096 is < 6x that at S = 1024 (the quadratic form: ~16x)."""
 
@@ -210,7 +195,7 @@ def test_chunkwise_memory_is_linear():
         def step():
             mlstm(q, k, v, i, f, backend=backend, chunk_size=64).sum().backward()
 
-        return peak_bytes(step)
+        return peak_mem_mb(step, torch.device("cpu"))  # torch's own allocations, from the profiler
 
     small, large = run(1024, "chunkwise"), run(4096, "chunkwise")
     assert small > 0
