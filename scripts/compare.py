@@ -1,0 +1,667 @@
+#!/usr/bin/env python3
+"""Train stock YOLOv8 and YOLOv8-ViL under identical settings and report what changed.
+
+Examples:
+    # CPU, the embedded default data (minutes)
+    python scripts/compare.py --data datasets/neon-trees.yaml --scale n --models cfg/yolov8-vil.yaml \
+        --epochs 5 --seeds 0 --img-size 320 --batch-size 8 --device cpu --out-dir results/neon-trees-cpu
+
+    # GPU, your own data, three seeds, two placements
+    python scripts/compare.py --data datasets/aircraft.yaml --scale s \
+        --models cfg/yolov8-vil.yaml cfg/yolov8-vil-p5.yaml --epochs 100 --seeds 0 1 2 \
+        --img-size 640 --batch-size 16 --device cuda --out-dir results/aircraft-s
+
+For each model (stock yolov8{scale}.yaml from Ultralytics' package, then every --models YAML at the same
+scale, picked by Ultralytics' file-name mechanism: cfg/yolov8-vil.yaml -> yolov8{scale}-vil.yaml) and each
+seed, one run in a fresh process: train from scratch (pretrained=False) with the same seed, epochs, image
+size, batch, augmentation (Ultralytics defaults), optimizer and learning rate (pinned: 'auto' would depend on
+the iteration count) and deterministic=True; validate last.pt (the final weights: no checkpoint is picked
+on the val split) with the same settings; time batch-1 inference in PyTorch and ONNX Runtime (CPU).
+
+Writes into --out-dir:
+    compare.csv   one row per (model, seed): model, seed, params, gflops, map50, map50_95, precision, recall,
+                  latency_ms_torch, latency_ms_onnx, train_s_per_epoch, peak_mem_mb, ap50_<class>...,
+                  ap50_95_<class>... ; `n/a` where a value cannot apply (compare.md says why)
+    compare.md    mean +- std over seeds, the settings, how each column was measured, the reproduce command
+    compare.png   bars (mean, error bar = std over seeds)
+    settings.json the settings every run shares; runs/<model>_seed<k>/ Ultralytics' run folders;
+    rows/<model>_seed<k>.json one finished run (resumable: a run with a row is not trained again);
+    logs/<model>_seed<k>.log  the output of that run's process
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ["map50", "map50_95", "precision", "recall"]
+COLUMNS = ["model", "seed", "params", "gflops", *METRICS, "latency_ms_torch", "latency_ms_onnx",
+           "train_s_per_epoch", "peak_mem_mb"]  # fmt: skip
+NA = "n/a"
+# Settings that change what a run computes: a row is reused only if all of them match.
+RUN_SETTINGS = ("data", "epochs", "img_size", "batch_size", "optimizer", "lr0", "device", "workers", "extra")
+
+
+# --------------------------------------------------------------------------------------------------- arguments
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    parser.add_argument("--data", help="Ultralytics data YAML (e.g. datasets/neon-trees.yaml)")
+    parser.add_argument("--scale", default="n", choices=list("nsmlx"), help="model scale for every model")
+    parser.add_argument(
+        "--models", nargs="*", default=["cfg/yolov8-vil.yaml"],
+        help="ViL model YAMLs without a scale letter (stock yolov8{scale} is always trained); none: stock only",
+    )
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--img-size", type=int, default=640)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--out-dir", type=Path, help="results/<run>")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader worker processes (0: in the main process)")
+    parser.add_argument("--optimizer", default="AdamW", choices=["SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp"])
+    parser.add_argument("--lr0", type=float, default=0.001, help="initial learning rate (pinned for every model)")
+    parser.add_argument(
+        "--extra", nargs="*", default=[], metavar="KEY=VALUE",
+        help="more Ultralytics train arguments, the same for every model (e.g. amp=False cache=ram close_mosaic=0)",
+    )
+    parser.add_argument("--latency-runs", type=int, default=50, help="timed batch-1 runs (median reported)")
+    parser.add_argument("--latency-warmup", type=int, default=10, help="untimed batch-1 runs before timing")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its latency (n/a)")
+    parser.add_argument("--quiet", action="store_true", help="do not echo the runs' output (it is still in logs/)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one job (JSON) in this process
+    return parser
+
+
+def parse_extra(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --extra expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    fixed = {"seed", "deterministic", "epochs", "imgsz", "batch", "optimizer", "lr0", "device", "workers", "data",
+             "project", "name", "exist_ok", "pretrained", "resume"}  # fmt: skip
+    clash = sorted(fixed & out.keys())
+    if clash:
+        raise SystemExit(f"error: --extra may not set {clash}: use the flags, or they are fixed by compare.py")
+    return out
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda:0' or 'cpu'; validates cpu / cuda / cuda:N."""
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if not m:
+        raise SystemExit(f"error: --device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {device} but CUDA is not available here")
+    return f"cuda:{m.group(1) or 0}"
+
+
+def find_file(path: str) -> Path:
+    p = Path(path)
+    if not p.exists() and not p.is_absolute() and (REPO / p).exists():
+        p = REPO / p
+    return p.resolve()
+
+
+def scaled_model(yaml_path: Path, scale: str) -> tuple[str, Path]:
+    """(tag, path to hand to Ultralytics) for a ViL YAML at `scale`: .../yolov8-vil.yaml -> .../yolov8n-vil.yaml.
+
+    The scaled path does not exist; Ultralytics' yaml_model_load maps it back to the file (re.sub of
+    `(\\d+)([nslmx])(.+)?$` on the whole path) and takes the scale from the name. Checked here, since a folder
+    name such as `run1s/` would derail that substitution.
+    """
+    m = re.fullmatch(r"(yolo(?:e-)?v?\d+)([nslmx]?)(.*)", yaml_path.stem)
+    if not m:
+        raise SystemExit(f"error: {yaml_path}: the name must start with yolov8 (e.g. yolov8-vil.yaml) to be scaled")
+    if m.group(2) and m.group(2) != scale:
+        raise SystemExit(f"error: {yaml_path} names scale '{m.group(2)}' but --scale is '{scale}'; pass the "
+                         f"unscaled YAML (e.g. {m.group(1)}{m.group(3)}.yaml)")  # fmt: skip
+    stem = f"{m.group(1)}{scale}{m.group(3)}"
+    scaled = yaml_path.with_name(stem + yaml_path.suffix)
+    unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", str(scaled))
+    if unified != str(yaml_path) and not scaled.exists():
+        raise SystemExit(
+            f"error: Ultralytics would map {scaled} to {unified}, not to {yaml_path}, because a folder in the path "
+            "contains a number followed by n/s/m/l/x; move the YAML to a folder without one"
+        )
+    return stem, scaled
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------------ parent
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        return worker(json.loads(Path(args.worker).read_text()))
+    for flag in ("data", "out_dir"):
+        if getattr(args, flag) is None:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} is required")
+    if args.epochs < 1 or args.img_size < 32 or args.batch_size < 1 or args.latency_runs < 1:
+        raise SystemExit("error: --epochs, --batch-size, --latency-runs must be >= 1 and --img-size >= 32")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"error: --seeds repeats a seed: {args.seeds}")
+    extra = parse_extra(args.extra)
+    device = resolve_device(args.device)
+    data = find_file(args.data)
+    if not data.is_file():
+        raise SystemExit(f"error: --data {args.data} not found")
+    out = args.out_dir.resolve()
+    for sub in ("rows", "logs", "runs", "jobs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    # Models: stock first, then the ViL YAMLs at the same scale.
+    models = [{"tag": f"yolov8{args.scale}", "cfg": f"yolov8{args.scale}.yaml", "yaml": None}]
+    for m in args.models:
+        path = find_file(m)
+        if not path.is_file():
+            raise SystemExit(f"error: --models {m}: file not found")
+        tag, scaled = scaled_model(path, args.scale)
+        if any(x["tag"] == tag for x in models):
+            raise SystemExit(f"error: two models would both be called {tag}; rename one YAML")
+        models.append({"tag": tag, "cfg": str(scaled), "yaml": str(path)})
+
+    settings = {
+        "data": str(data), "data_sha": file_sha(data), "scale": args.scale, "epochs": args.epochs,
+        "img_size": args.img_size, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr0": args.lr0,
+        "device": device, "workers": args.workers, "extra": extra, "latency_runs": args.latency_runs,
+        "latency_warmup": args.latency_warmup, "onnx": not args.no_onnx,
+    }  # fmt: skip
+    check_settings(out / "settings.json", settings)
+    preflight(data, models, args.scale)
+
+    runs = [(m, s) for m in models for s in args.seeds]
+    failed: dict[tuple[str, int], str] = {}
+    for i, (model, seed) in enumerate(runs, start=1):
+        label = f"[{i}/{len(runs)}] {model['tag']} seed {seed}"
+        row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
+        yaml_sha = file_sha(Path(model["yaml"])) if model["yaml"] else "stock"
+        if row_file.is_file():
+            saved = json.loads(row_file.read_text())
+            if saved.get("yaml_sha") == yaml_sha:
+                print(f"{label}: done before, skipped ({row_file.relative_to(out)})", flush=True)
+                continue
+            print(f"{label}: {model['yaml']} changed since its row was written: training again", flush=True)
+        print(f"{label}: training {args.epochs} epoch(s) at imgsz {args.img_size} on {device} ...", flush=True)
+        job = {**settings, "tag": model["tag"], "cfg": model["cfg"], "vil": model["yaml"] is not None,
+               "yaml_sha": yaml_sha, "seed": seed, "out_dir": str(out), "row_file": str(row_file)}  # fmt: skip
+        t0 = time.time()
+        ok, why = run_worker(job, out / "jobs" / f"{model['tag']}_seed{seed}.json",
+                             out / "logs" / f"{model['tag']}_seed{seed}.log", args.quiet)  # fmt: skip
+        if ok:
+            row = json.loads(row_file.read_text())["row"]
+            print(f"{label}: finished in {time.time() - t0:.0f} s: mAP50 {fmt(row['map50'])}, "
+                  f"mAP50-95 {fmt(row['map50_95'])}, train {fmt(row['train_s_per_epoch'])} s/epoch", flush=True)  # fmt: skip
+        else:
+            failed[(model["tag"], seed)] = why
+            print(f"{label}: FAILED: {why}", flush=True)
+
+    rows, notes, names = [], {}, []
+    for model, seed in runs:
+        row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
+        if (model["tag"], seed) not in failed and row_file.is_file():
+            saved = json.loads(row_file.read_text())
+            rows.append(saved["row"])
+            notes[(model["tag"], seed)] = saved.get("notes", {})
+            names = names or saved["names"]
+    write_csv(out / "compare.csv", rows, names)
+    write_md(out / "compare.md", rows, notes, failed, models, settings, names, argv, out)
+    write_png(out / "compare.png", rows, [m["tag"] for m in models])
+    print(f"wrote {out / 'compare.csv'}, {out / 'compare.md'}, {out / 'compare.png'}", flush=True)
+    print((out / "compare.md").read_text().split("\n## ")[0], flush=True)
+    return 1 if failed else 0
+
+
+def check_settings(path: Path, settings: dict) -> None:
+    """Rows in one out-dir must come from the same settings, or the comparison would mix apples and pears."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [k for k in (*RUN_SETTINGS, "data_sha", "latency_runs", "latency_warmup", "onnx")
+                if old.get(k) != settings.get(k)]  # fmt: skip
+        if diff:
+            lines = [f"  {k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff]
+            raise SystemExit(f"error: {path.parent} holds runs made with other settings:\n" + "\n".join(lines)
+                             + "\nuse another --out-dir (or delete that one)")  # fmt: skip
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def preflight(data: Path, models: list[dict], scale: str) -> None:
+    """Fail in seconds, not after hours: the data set is valid and every model builds at this scale."""
+    from ultra_vil.data.yolo_check import check_yolo_dataset
+
+    raw = data.read_text()
+    report = check_yolo_dataset(data, decode=False)
+    if not report.ok:
+        if "download:" in raw and any("not found" in i.message for i in report.issues.errors):
+            print(f"note: {data} is not on disk yet; Ultralytics will run its 'download' step", flush=True)
+        else:
+            print(report.format(20), flush=True)
+            raise SystemExit(f"error: {data} has errors (above); fix them or run scripts/convert_dataset.py --check")
+    elif report.issues.warnings:
+        print(f"{data}: {len(report.issues.warnings)} warning(s); see scripts/convert_dataset.py --check {data}")
+    if any(m["yaml"] for m in models):
+        register_vil(required=True)
+    from ultralytics import YOLO
+
+    for m in models:
+        try:
+            model = YOLO(m["cfg"], verbose=False)
+        except Exception as e:
+            raise SystemExit(f"error: cannot build {m['cfg']}: {type(e).__name__}: {e}") from e
+        built = model.model.yaml.get("scale")
+        if m["yaml"] and "scales" not in model.model.yaml:
+            print(f"warning: {m['yaml']} has no 'scales': it is built at one size whatever --scale says", flush=True)
+        elif built != scale:
+            raise SystemExit(f"error: {m['cfg']} was built at scale {built!r}, not {scale!r}")
+
+
+def register_vil(required: bool) -> bool:
+    """Import ultra_vil.yolo so that Ultralytics' parser knows the ViL modules (the .pth hook does it too)."""
+    try:
+        import ultra_vil.yolo  # noqa: F401
+    except ImportError as e:
+        if required:
+            raise SystemExit(
+                f"error: cannot import ultra_vil.yolo ({e}); ViL models need it. Install the package with "
+                "`pip install -e .` from the repository root."
+            ) from e
+        return False
+    return True
+
+
+def run_worker(job: dict, job_file: Path, log_file: Path, quiet: bool) -> tuple[bool, str]:
+    """Run one job in a fresh Python process; its output goes to log_file (and the console unless quiet)."""
+    job_file.write_text(json.dumps(job, indent=2))
+    Path(job["row_file"]).unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(job_file)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        while chunk := proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
+            log.write(chunk)
+            if not quiet:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        rc = proc.wait()
+    if rc == 0 and Path(job["row_file"]).is_file():
+        return True, ""
+    tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+    return False, f"exit status {rc}; see {log_file}: " + " | ".join(x.strip()[:200] for x in tail)
+
+
+# ------------------------------------------------------------------------------------------------------ worker
+def worker(job: dict) -> int:
+    """Train, validate and time one (model, seed). Writes job['row_file'] last, atomically."""
+    import torch
+
+    if job["vil"]:
+        register_vil(required=True)
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops
+
+    out = Path(job["out_dir"])
+    name = f"{job['tag']}_seed{job['seed']}"
+    cuda = job["device"].startswith("cuda")
+    yolo_device = job["device"].split(":")[1] if cuda else "cpu"
+    notes: dict[str, str] = {}
+
+    model = YOLO(job["cfg"])
+    epoch_times, t_start = [], [0.0]
+    model.add_callback("on_train_epoch_start", lambda trainer: t_start.__setitem__(0, time.perf_counter()))
+    model.add_callback("on_train_epoch_end", lambda trainer: epoch_times.append(time.perf_counter() - t_start[0]))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(torch.device(job["device"]))
+        base = torch.cuda.memory_allocated(torch.device(job["device"]))
+    else:
+        base = reset_peak_rss()
+    model.train(
+        data=job["data"], epochs=job["epochs"], imgsz=job["img_size"], batch=job["batch_size"], seed=job["seed"],
+        deterministic=True, optimizer=job["optimizer"], lr0=job["lr0"], device=yolo_device, workers=job["workers"],
+        project=str(out / "runs"), name=name, exist_ok=True, pretrained=False, plots=False, val=False,
+        **job["extra"],
+    )  # fmt: skip
+    if cuda:
+        peak = (torch.cuda.max_memory_allocated(torch.device(job["device"])) - base) / 2**20
+    else:
+        peak = peak_rss_mb() - base
+    save_dir = Path(model.trainer.save_dir)
+    last = save_dir / "weights" / "last.pt"
+
+    trained = YOLO(last).model.float()  # the model as trained (nc of the data set), before BN fusion
+    params = sum(p.numel() for p in trained.parameters())
+    gflops = get_flops(trained, job["img_size"])
+    if not gflops:
+        gflops, notes["gflops"] = NA, "Ultralytics' get_flops (thop) failed on this model"
+
+    metrics = YOLO(last).val(
+        data=job["data"], imgsz=job["img_size"], batch=job["batch_size"], device=yolo_device, workers=job["workers"],
+        split="val", plots=False, project=str(out / "runs"), name=f"{name}_val", exist_ok=True,
+    )  # fmt: skip
+    box = metrics.box
+    names = [metrics.names[i] for i in sorted(metrics.names)]
+    row: dict[str, Any] = {
+        "model": job["tag"], "seed": job["seed"], "params": params, "gflops": round(gflops, 4) if gflops != NA else NA,
+        "map50": float(box.map50), "map50_95": float(box.map), "precision": float(box.mp), "recall": float(box.mr),
+    }  # fmt: skip
+
+    # Latency, batch 1: the fused fp32 model's forward (no pre/post-processing, no NMS), median after warm-up.
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, job["img_size"], job["img_size"])
+    net = YOLO(last).model.float().fuse().eval().to(job["device"])
+    row["latency_ms_torch"] = round(time_ms(lambda: net(x.to(job["device"])), job, cuda), 3)
+    if not job["onnx"]:
+        row["latency_ms_onnx"], notes["latency_ms_onnx"] = NA, "not measured (--no-onnx)"
+    else:
+        row["latency_ms_onnx"], why = onnx_latency(last, x.numpy(), job)
+        if why:
+            notes["latency_ms_onnx"] = why
+
+    row["train_s_per_epoch"] = round(statistics.median(epoch_times), 3) if epoch_times else NA
+    if not epoch_times:
+        notes["train_s_per_epoch"] = "no epoch finished"
+    row["peak_mem_mb"] = round(peak, 1) if peak is not None else NA
+    if peak is None:
+        notes["peak_mem_mb"] = "no peak-RSS reading on this OS (needs Linux /proc)"
+    present = {int(c): i for i, c in enumerate(box.ap_class_index)}
+    for c, n in enumerate(names):
+        row[f"ap50_{n}"] = float(box.all_ap[present[c], 0]) if c in present else NA
+    for c, n in enumerate(names):
+        row[f"ap50_95_{n}"] = float(box.all_ap[present[c]].mean()) if c in present else NA
+    absent = [n for c, n in enumerate(names) if c not in present]
+    if absent:
+        notes["per_class"] = f"no val instances of {absent}: their AP is n/a"
+
+    env = {
+        "torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__,
+        "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "device_name": torch.cuda.get_device_name(torch.device(job["device"])) if cuda else cpu_name(),
+        "epochs_timed": len(epoch_times), "save_dir": str(save_dir),
+    }  # fmt: skip
+    saved = {"row": row, "notes": notes, "names": names, "yaml_sha": job["yaml_sha"], "env": env}
+    tmp = Path(job["row_file"]).with_suffix(".tmp")
+    tmp.write_text(json.dumps(saved, indent=2))
+    tmp.replace(job["row_file"])
+    return 0
+
+
+def time_ms(fn, job: dict, cuda: bool) -> float:
+    import torch
+
+    with torch.inference_mode():
+        for _ in range(job["latency_warmup"]):
+            fn()
+        times = []
+        for _ in range(job["latency_runs"]):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def onnx_latency(last: Path, x, job: dict) -> tuple[float | str, str]:
+    """(median ms, "") or (n/a, why): Ultralytics' ONNX export of last.pt, run by ONNX Runtime on the CPU."""
+    try:
+        import onnxruntime as ort
+        import torch
+        from ultralytics import YOLO
+
+        onnx_file = YOLO(last).export(format="onnx", imgsz=job["img_size"], device="cpu", dynamic=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as the PyTorch CPU timing
+        session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(job["latency_warmup"]):
+            session.run(None, feed)
+        times = []
+        for _ in range(job["latency_runs"]):
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return round(statistics.median(times), 3), ""
+    except Exception as e:  # export or runtime failure: report it, keep the rest of the row
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        return NA, f"ONNX export or ONNX Runtime failed: {type(e).__name__}: {msg}"
+
+
+def reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process, return the current RSS in MiB (Linux)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _status_mb("VmRSS") or 0.0
+
+
+def peak_rss_mb() -> float | None:
+    value = _status_mb("VmHWM")
+    if value is None:
+        try:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        except ImportError:
+            return None
+    return value
+
+
+def _status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ----------------------------------------------------------------------------------------------------- outputs
+def fmt(v: Any, digits: int = 3) -> str:
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def write_csv(path: Path, rows: list[dict], names: list[str]) -> None:
+    columns = COLUMNS + [f"ap50_{n}" for n in names] + [f"ap50_95_{n}" for n in names]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({c: row.get(c, NA) for c in columns})
+
+
+def mean_std(values: list) -> tuple[float | None, float | None, int]:
+    nums = [float(v) for v in values if v != NA]
+    if not nums:
+        return None, None, 0
+    return statistics.fmean(nums), (statistics.stdev(nums) if len(nums) > 1 else None), len(nums)
+
+
+def cell(values: list, digits: int = 3, scale: float = 1.0) -> str:
+    mean, std, n = mean_std(values)
+    if mean is None:
+        return NA
+    text = f"{mean * scale:.{digits}f}"
+    if std is not None:
+        text += f" ± {std * scale:.{digits}f}"
+    if n < len(values):
+        text += f" ({n} of {len(values)})"
+    return text
+
+
+TABLE = [  # (column, header, digits, scale)
+    ("params", "params (M)", 2, 1e-6), ("gflops", "GFLOPs", 2, 1.0), ("map50", "mAP50", 3, 1.0),
+    ("map50_95", "mAP50-95", 3, 1.0), ("precision", "precision", 3, 1.0), ("recall", "recall", 3, 1.0),
+    ("latency_ms_torch", "latency PyTorch (ms)", 1, 1.0), ("latency_ms_onnx", "latency ONNX RT CPU (ms)", 1, 1.0),
+    ("train_s_per_epoch", "train (s/epoch)", 1, 1.0), ("peak_mem_mb", "peak mem (MB)", 0, 1.0),
+]  # fmt: skip
+
+
+def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out: Path) -> None:
+    by_model = {m["tag"]: [r for r in rows if r["model"] == m["tag"]] for m in models}
+    env = {}
+    for row in rows[:1]:
+        env = json.loads((out / "rows" / f"{row['model']}_seed{row['seed']}.json").read_text()).get("env", {})
+    cuda = settings["device"].startswith("cuda")
+    data_name = Path(settings["data"]).name
+    split_counts = _split_counts(Path(settings["data"]))
+    lines = [
+        f"# YOLOv8{settings['scale']} vs YOLOv8{settings['scale']}-ViL on {data_name}",
+        "",
+        f"Data: `{settings['data']}`{split_counts}, {len(names)} class(es). From scratch (no pretrained weights), "
+        f"{settings['epochs']} epoch(s), imgsz {settings['img_size']}, batch {settings['batch_size']}, "
+        f"{settings['optimizer']} lr0={settings['lr0']}, deterministic, seeds "
+        f"{sorted({r['seed'] for r in rows})}; other train settings Ultralytics' defaults"
+        + (f" except {settings['extra']}" if settings["extra"] else "") + ". "
+        f"Device: {settings['device']} ({env.get('device_name', '?')}, {env.get('threads', '?')} CPU threads); "
+        f"torch {env.get('torch', '?')}, ultralytics {env.get('ultralytics', '?')}.",
+        "",
+        "| model | " + " | ".join(h for _, h, _, _ in TABLE) + " |",
+        "|---" * (len(TABLE) + 1) + "|",
+    ]  # fmt: skip
+    for tag, rs in by_model.items():
+        if rs:
+            lines.append(f"| {tag} | " + " | ".join(cell([r[c] for r in rs], d, s) for c, h, d, s in TABLE) + " |")
+        else:
+            lines.append(f"| {tag} | " + " | ".join("failed" for _ in TABLE) + " |")
+    n_seeds = max((len(rs) for rs in by_model.values()), default=0)
+    lines += [
+        "",
+        f"Mean ± sample std over {n_seeds} seed(s)" + (" (one seed: no std)" if n_seeds == 1 else "") + ". "
+        "`n/a`: see below.",
+    ]
+    stock = by_model.get(models[0]["tag"], [])
+    for m in models[1:]:
+        rs = by_model.get(m["tag"], [])
+        if rs and stock:
+            dm = (mean_std([r["map50_95"] for r in rs])[0] or 0) - (mean_std([r["map50_95"] for r in stock])[0] or 0)
+            lines.append(f"- {m['tag']} − {models[0]['tag']}: mAP50-95 {dm:+.3f}, params "
+                         f"{(mean_std([r['params'] for r in rs])[0] / mean_std([r['params'] for r in stock])[0]):.2f}x.")  # fmt: skip
+    cmd = "python scripts/compare.py " + " ".join(_quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    lines += ["", f"Reproduce by: `{cmd}`", ""]
+
+    lines += [
+        "## How each column was measured",
+        "- **mAP50, mAP50-95, precision, recall**: Ultralytics `val` of `last.pt` (EMA weights after the last "
+        "epoch; no checkpoint is chosen on the val split) on the data set's `val` split, imgsz "
+        f"{settings['img_size']}, batch {settings['batch_size']}, Ultralytics' defaults (conf 0.001, IoU 0.7).",
+        f"- **params, GFLOPs**: the model as built from its YAML (before BN fusion); GFLOPs at "
+        f"{settings['img_size']}x{settings['img_size']} by Ultralytics' `get_flops` (thop).",
+        f"- **latency**: batch 1, {settings['img_size']}x{settings['img_size']}, forward pass only of the fused fp32 "
+        f"model (no pre-processing, no NMS), median of {settings['latency_runs']} runs after "
+        f"{settings['latency_warmup']} warm-up runs. PyTorch on {settings['device']}; ONNX Runtime "
+        "(CPUExecutionProvider) on the CPU with as many threads as PyTorch uses, on the ONNX file that "
+        "Ultralytics' exporter writes from last.pt.",
+        "- **train (s/epoch)**: median over epochs of the training loop alone (from Ultralytics' "
+        "`on_train_epoch_start` to `on_train_epoch_end`; validation and checkpointing excluded).",
+        ("- **peak mem**: `torch.cuda.max_memory_allocated` during training minus what was allocated before it "
+         "(CUDA tensors only)." if cuda else
+         "- **peak mem**: CPU run, so no CUDA memory: the training process's peak resident memory (Linux VmHWM, "
+         "reset just before training) minus its resident memory then; dataloader worker processes "
+         f"(--workers {settings['workers']}) are not included."),
+        "",
+    ]  # fmt: skip
+    na_lines = []
+    for (tag, seed), ns in notes.items():
+        for col, why in ns.items():
+            na_lines.append(f"- {tag} seed {seed}, `{col}`: {why}")
+    if na_lines:
+        lines += ["## Notes and `n/a` values", *na_lines, ""]
+    if failed:
+        lines += ["## Failed runs (no row; rerun the same command to retry them)"]
+        lines += [f"- {tag} seed {seed}: {why}" for (tag, seed), why in failed.items()] + [""]
+    if names and rows:
+        lines += ["## AP50-95 per class (mean over seeds)", "", "| model | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 1) + "|"]  # fmt: skip
+        for tag, rs in by_model.items():
+            if rs:
+                lines.append(f"| {tag} | " + " | ".join(cell([r[f'ap50_95_{n}'] for r in rs]) for n in names) + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def _split_counts(data: Path) -> str:
+    try:
+        from ultra_vil.data.yolo_check import read_data_yaml
+
+        spec = read_data_yaml(data)
+        return " (" + ", ".join(f"{len(v)} {k}" for k, v in spec.splits.items()) + " images)"
+    except Exception:
+        return ""
+
+
+def _quote(a: str) -> str:
+    return a if re.fullmatch(r"[\w./:=+-]+", a) else json.dumps(a)
+
+
+def write_png(path: Path, rows: list[dict], tags: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("map50", "mAP50"), ("map50_95", "mAP50-95"), ("precision", "precision"), ("recall", "recall"),
+              ("latency_ms_torch", "latency PyTorch (ms)"), ("latency_ms_onnx", "latency ONNX RT CPU (ms)"),
+              ("train_s_per_epoch", "train (s/epoch)"), ("peak_mem_mb", "peak mem (MB)"),
+              ("params", "params (M)"), ("gflops", "GFLOPs")]  # fmt: skip
+    fig, axes = plt.subplots(2, 5, figsize=(18, 6.5))
+    colors = ["#7f7f7f"] + [plt.cm.tab10(i) for i in range(10)]
+    for ax, (col, title) in zip(axes.flat, panels):
+        scale = 1e-6 if col == "params" else 1.0
+        for i, tag in enumerate(tags):
+            mean, std, _ = mean_std([r[col] for r in rows if r["model"] == tag])
+            if mean is None:
+                ax.text(i, 0, NA, ha="center", va="bottom")
+                continue
+            ax.bar(i, mean * scale, yerr=(std or 0) * scale, color=colors[i % len(colors)], capsize=4)
+        ax.set_title(title)
+        ax.set_xticks(range(len(tags)), tags, rotation=20, ha="right", fontsize=8)
+    n = len({r["seed"] for r in rows})
+    fig.suptitle(f"stock YOLOv8 vs YOLOv8-ViL: mean over {n} seed(s), error bars = std")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""scripts/compare.py end to end on CPU: a tiny data set generated here (64 x 64 images with coloured boxes, built
+as COCO JSON and converted by scripts/convert_dataset.py), stock YOLOv8n + a ViL YAML, 1 seed, 1 epoch, 64 px.
+
+Three trainings in all (about a minute on 2 cores): the comparison (2 models), then one more stock run for the
+reproducibility check. The rerun trains nothing.
+"""
+
+import csv
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = load_script("compare")
+convert_dataset = load_script("convert_dataset")
+
+COMMON = ["--scale", "n", "--epochs", "1", "--seeds", "0", "--img-size", "64", "--batch-size", "4",
+          "--device", "cpu", "--workers", "0", "--latency-runs", "3", "--latency-warmup", "1", "--quiet"]  # fmt: skip
+CLASSES = ["red", "green"]
+
+
+def vil_yaml(tmp: Path) -> Path:
+    """The recommended ViL YAML; until it exists a variant; until those exist a stock copy named like one."""
+    if (ROOT / "cfg" / "yolov8-vil.yaml").is_file():
+        return ROOT / "cfg" / "yolov8-vil.yaml"
+    variants = sorted((ROOT / "cfg").glob("yolov8-vil*.yaml"), key=lambda p: p.stem != "yolov8-vil-p5")
+    if variants:
+        return variants[0]
+    import ultralytics
+
+    copy = tmp / "yolov8-copy.yaml"
+    shutil.copy(Path(ultralytics.__file__).parent / "cfg" / "models" / "v8" / "yolov8.yaml", copy)
+    return copy
+
+
+def make_coco(folder: Path) -> Path:
+    """12 images, 1-2 filled rectangles each, both classes in each split; COCO JSON per split."""
+    rng = np.random.default_rng(0)
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]
+    for split, n in (("train", 8), ("val", 4)):
+        (folder / split).mkdir(parents=True)
+        images, anns = [], []
+        for i in range(n):
+            im = Image.new("RGB", (64, 64), (40, 40, 40))
+            draw = ImageDraw.Draw(im)
+            for k in range(1 + i % 2):
+                c = (i + k) % 2
+                w, h = (int(v) for v in rng.integers(14, 30, 2))
+                x, y = int(rng.integers(0, 64 - w)), int(rng.integers(0, 64 - h))
+                draw.rectangle([x, y, x + w - 1, y + h - 1], fill=(230, 60, 60) if c == 0 else (60, 230, 60))
+                anns.append({"id": len(anns) + 1, "image_id": i, "category_id": c + 1, "bbox": [x, y, w, h]})
+            im.save(folder / split / f"{split}{i}.png")
+            images.append({"id": i, "file_name": f"{split}{i}.png", "width": 64, "height": 64})
+        (folder / split / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    src = make_coco(tmp / "coco")
+    assert convert_dataset.main(["--format", "coco", "--src", str(src), "--out-dir", str(tmp / "yolo")]) == 0
+    return tmp, tmp / "yolo" / "data.yaml", vil_yaml(tmp)
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny):
+    tmp, data, vil = tiny
+    out = tmp / "cmp"
+    rc = compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--out-dir", str(out)])
+    return out, rc, vil
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_writes_csv_md_png_with_every_column_filled(first_run):
+    out, rc, vil = first_run
+    assert rc == 0, "\n".join(p.read_text()[-3000:] for p in (out / "logs").glob("*.log"))
+    rows = read_csv(out / "compare.csv")
+    vil_tag = compare.scaled_model(vil, "n")[0]
+    assert [r["model"] for r in rows] == ["yolov8n", vil_tag]
+    per_class = [f"ap50_{n}" for n in CLASSES] + [f"ap50_95_{n}" for n in CLASSES]
+    assert list(rows[0]) == compare.COLUMNS + per_class
+    for row in rows:
+        for col in compare.COLUMNS[1:] + per_class:
+            value = float(row[col])  # a number, not empty, not n/a
+            assert math.isfinite(value), (row["model"], col)
+        for col in ("params", "gflops", "latency_ms_torch", "latency_ms_onnx", "train_s_per_epoch", "peak_mem_mb"):
+            assert float(row[col]) > 0, (row["model"], col)
+    assert int(rows[0]["params"]) == 3_011_238  # yolov8n with 2 classes, as Ultralytics builds it
+    md = (out / "compare.md").read_text()
+    assert "| yolov8n | 3.01 |" in md and f"| {vil_tag} |" in md
+    assert "Reproduce by: `python scripts/compare.py --data" in md
+    assert "peak resident memory" in md  # says how memory was measured on CPU
+    png = (out / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_rerun_skips_finished_work(first_run, tiny, capsys):
+    out, _, vil = first_run
+    _, data, _ = tiny
+    watched = sorted(out.glob("rows/*.json")) + sorted(out.glob("runs/*/weights/last.pt"))
+    assert len(watched) == 4
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    capsys.readouterr()
+    rc = compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--out-dir", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert text.count("done before, skipped") == 2 and "training 1 epoch" not in text
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    # Other settings in the same out-dir are refused rather than mixed into one table.
+    with pytest.raises(SystemExit, match="epochs: 1 there, 2 now"):
+        compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--epochs", "2", "--out-dir", str(out)])
+
+
+def test_same_seed_same_settings_identical_stock_results(first_run, tiny):
+    out, _, _ = first_run
+    tmp, data, _ = tiny
+    out2 = tmp / "cmp2"
+    assert compare.main(["--data", str(data), "--models", *COMMON, "--out-dir", str(out2)]) == 0
+    a, b = read_csv(out / "compare.csv")[0], read_csv(out2 / "compare.csv")[0]
+    assert a["model"] == b["model"] == "yolov8n"
+    for col in ["params", "gflops", *compare.METRICS] + [f"ap50_95_{n}" for n in CLASSES]:
+        assert a[col] == b[col], col
+    # Stronger than metrics that may still be 0 after one epoch: identical losses and identical weights.
+    losses = [(d / "runs" / "yolov8n_seed0" / "results.csv").read_text().splitlines() for d in (out, out2)]
+    strip_time = [[",".join(x.split(",")[:1] + x.split(",")[2:]) for x in lines] for lines in losses]
+    assert strip_time[0] == strip_time[1]
+    weights = [torch.load(d / "runs" / "yolov8n_seed0" / "weights" / "last.pt", weights_only=False)["model"]
+               for d in (out, out2)]  # fmt: skip
+    sa, sb = (w.state_dict() for w in weights)
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_model_names_follow_ultralytics_scale_mechanism(tmp_path):
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "yolov8-vil-p5.yaml").write_text("nc: 1\n")
+    assert compare.scaled_model(cfg / "yolov8-vil-p5.yaml", "s") == ("yolov8s-vil-p5", cfg / "yolov8s-vil-p5.yaml")
+    with pytest.raises(SystemExit, match="names scale 'm' but --scale is 'n'"):
+        compare.scaled_model(cfg / "yolov8m-vil.yaml", "n")
+    bad = tmp_path / "run1s"
+    bad.mkdir()
+    (bad / "yolov8-vil.yaml").write_text("nc: 1\n")
+    with pytest.raises(SystemExit, match="folder in the path"):
+        compare.scaled_model(bad / "yolov8-vil.yaml", "n")
+
+
+def test_md_explains_every_na(tmp_path):
+    settings = {"data": str(tmp_path / "d.yaml"), "scale": "n", "epochs": 1, "img_size": 64, "batch_size": 2,
+                "optimizer": "AdamW", "lr0": 0.001, "device": "cpu", "workers": 0, "extra": {}, "latency_runs": 3,
+                "latency_warmup": 1}  # fmt: skip
+    row = {c: 1.0 for c in compare.COLUMNS} | {"model": "yolov8n", "seed": 0, "latency_ms_onnx": "n/a",
+                                                "ap50_a": "n/a", "ap50_95_a": "n/a"}  # fmt: skip
+    notes = {("yolov8n", 0): {"latency_ms_onnx": "ONNX export failed: X", "per_class": "no val instances of ['a']"}}
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "yolov8n_seed0.json").write_text(json.dumps({"row": row, "env": {}}))
+    models = [{"tag": "yolov8n"}, {"tag": "yolov8n-vil"}]
+    compare.write_md(tmp_path / "c.md", [row], notes, {("yolov8n-vil", 0): "exit status 1"}, models, settings,
+                     ["a"], ["--data", "d.yaml"], tmp_path)  # fmt: skip
+    md = (tmp_path / "c.md").read_text()
+    assert "yolov8n seed 0, `latency_ms_onnx`: ONNX export failed: X" in md
+    assert "no val instances of ['a']" in md
+    assert "- yolov8n-vil seed 0: exit status 1" in md
+    compare.write_csv(tmp_path / "c.csv", [row], ["a"])
+    assert read_csv(tmp_path / "c.csv")[0]["latency_ms_onnx"] == "n/a"

@@ -1,0 +1,314 @@
+"""Data tools (ultra_vil/data, scripts/convert_dataset.py): exact YOLO labels from VOC and COCO built here,
+every broken input reported with its file and line, sources never written, reproducible splits.
+
+Everything is generated in tmp_path in well under a second per test; no Ultralytics import.
+"""
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ultra_vil.data.convert import MARKER
+from ultra_vil.data.split import assign_val, split_yolo_dataset
+from ultra_vil.data.yolo_check import check_yolo_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("convert_dataset", ROOT / "scripts" / "convert_dataset.py")
+convert_dataset = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(convert_dataset)
+
+
+def tree_hash(folder: Path) -> dict[str, str]:
+    """Path -> sha256 of every file below `folder` (the source must be byte-for-byte unchanged)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def image(path: Path, w: int, h: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(path)
+    return path
+
+
+def labels(out: Path) -> dict[str, str]:
+    """'split/stem' -> label file text, for every label file written."""
+    return {f"{p.parent.name}/{p.stem}": p.read_text() for p in sorted((out / "labels").rglob("*.txt"))}
+
+
+def voc_xml(filename: str, w: int, h: int, objects: list[tuple]) -> str:
+    objs = "".join(
+        f"  <object>\n    <name>{n}</name>\n    <difficult>0</difficult>\n"
+        f"    <bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax></bndbox>\n  </object>\n"
+        for n, a, b, c, d in objects
+    )
+    return f"<annotation>\n  <filename>{filename}</filename>\n  <size><width>{w}</width><height>{h}</height>" \
+           f"<depth>3</depth></size>\n{objs}</annotation>\n"
+
+
+@pytest.fixture
+def voc(tmp_path):
+    src = tmp_path / "voc"
+    image(src / "JPEGImages" / "a.jpg", 200, 100)
+    image(src / "JPEGImages" / "b.jpg", 100, 50)
+    image(src / "JPEGImages" / "c.jpg", 40, 40)
+    ann = src / "Annotations"
+    ann.mkdir(parents=True)
+    (ann / "a.xml").write_text(voc_xml("a.jpg", 200, 100, [("plane", 11, 21, 51, 81), ("heli", 101, 1, 201, 101)]))
+    (ann / "b.xml").write_text(voc_xml("b.jpg", 100, 50, [("plane", 1, 1, 51, 26)]))
+    (ann / "c.xml").write_text(voc_xml("c.jpg", 40, 40, []))  # a background image
+    sets = src / "ImageSets" / "Main"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("a\nc\n")
+    (sets / "val.txt").write_text("b\n")
+    return src
+
+
+def names_yaml(path: Path, names: list[str]) -> Path:
+    path.write_text("train: images/train\nval: images/val\nnames:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)))
+    return path
+
+
+def test_voc_converts_to_exact_yolo_labels_in_the_users_class_order(voc, tmp_path):
+    before = tree_hash(voc)
+    order = names_yaml(tmp_path / "mine.yaml", ["heli", "plane"])  # not sorted: the user's order must win
+    out = tmp_path / "out"
+    rc = convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--data-yaml", str(order)])
+    assert rc == 0
+    # VOC is 1-based: corners minus 1 (as Ultralytics' VOC recipe), clipped to the image, normalised.
+    assert labels(out) == {
+        "train/a": "1 0.150000 0.500000 0.200000 0.600000\n0 0.750000 0.500000 0.500000 1.000000\n",
+        "train/c": "",
+        "val/b": "1 0.250000 0.250000 0.500000 0.500000\n",
+    }
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["a.jpg", "c.jpg"]
+    report = check_yolo_dataset(out / "data.yaml")
+    assert report.ok and report.names == ["heli", "plane"]
+    assert report.stats["train"].backgrounds == 1 and report.stats["train"].boxes == 2
+    assert tree_hash(voc) == before
+
+
+def test_coco_converts_to_exact_yolo_labels(tmp_path):
+    src = tmp_path / "coco"
+    for split, name in (("train", "p.png"), ("valid", "q.png")):
+        image(src / split / name, 100, 200)
+    cats = [{"id": 0, "name": "aircraft", "supercategory": "none"},  # Roboflow's data-set-level category
+            {"id": 3, "name": "f16", "supercategory": "aircraft"}, {"id": 7, "name": "c17", "supercategory": "aircraft"}]
+    train = {"images": [{"id": 1, "file_name": "p.png", "width": 100, "height": 200}], "categories": cats,
+             "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 20, 30, 40], "iscrowd": 0},
+                             {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 100, 200]},
+                             {"id": 3, "image_id": 1, "category_id": 3, "bbox": [5, 5, 5, 5], "iscrowd": 1}]}
+    val = {"images": [{"id": 4, "file_name": "q.png", "width": 100, "height": 200}], "categories": cats,
+           "annotations": [{"id": 9, "image_id": 4, "category_id": 3, "bbox": [50.5, 100, 25, 50]}]}
+    (src / "train" / "_annotations.coco.json").write_text(json.dumps(train, indent=1))
+    (src / "valid" / "_annotations.coco.json").write_text(json.dumps(val, indent=1))
+    before = tree_hash(src)
+
+    out = tmp_path / "out"
+    assert convert_dataset.main(["--format", "coco", "--src", str(src), "--out-dir", str(out)]) == 0
+    # No names given: categories with annotations, by category id (the grouping category 'aircraft' left out).
+    assert check_yolo_dataset(out / "data.yaml").names == ["f16", "c17"]
+    assert labels(out) == {
+        "train/p": "1 0.250000 0.200000 0.300000 0.200000\n0 0.500000 0.500000 1.000000 1.000000\n",  # crowd skipped
+        "val/q": "0 0.630000 0.625000 0.250000 0.250000\n",
+    }
+    # With the user's names, ids follow their order.
+    out2 = tmp_path / "out2"
+    rc = convert_dataset.main(["--format", "coco", "--src", str(src), "--out-dir", str(out2), "--names", "c17,x,f16"])
+    assert rc == 0
+    assert labels(out2)["val/q"] == "2 0.630000 0.625000 0.250000 0.250000\n"
+    assert tree_hash(src) == before
+
+
+def _issues_text(capsys) -> str:
+    captured = capsys.readouterr()
+    return captured.out + captured.err
+
+
+def test_broken_voc_is_reported_by_file_and_line_and_nothing_is_written(tmp_path, capsys):
+    src = tmp_path / "voc"
+    image(src / "JPEGImages" / "a.jpg", 100, 100)
+    ann = src / "Annotations"
+    ann.mkdir(parents=True)
+    (ann / "a.xml").write_text(voc_xml("a.jpg", 100, 100, [("plane", 10, 10, 20, 20), ("tank", 10, 10, 20, 20),
+                                                           ("plane", 30, 10, 20, 20)]))
+    (ann / "b.xml").write_text(voc_xml("missing.jpg", 100, 100, [("plane", 10, 10, 20, 20)]))
+    (ann / "c.xml").write_text("<annotation>\n  <filename>a.jpg</filename>\n  <object>\n</annotation>\n")
+    before = tree_hash(src)
+    out = tmp_path / "out"
+    rc = convert_dataset.main(["--format", "voc", "--src", str(src), "--out-dir", str(out), "--names", "plane"])
+    text = _issues_text(capsys)
+    assert rc == 1
+    assert f"{ann / 'a.xml'}:10: class 'tank' is not in the class list ['plane']" in text
+    assert f"{ann / 'a.xml'}:17: empty box: xmin=30 xmax=20" in text
+    assert f"{ann / 'b.xml'}:2: image 'missing.jpg' not found" in text
+    assert f"{ann / 'c.xml'}:4: malformed XML: mismatched tag" in text
+    assert not out.exists()
+    assert tree_hash(src) == before
+
+
+def test_broken_coco_is_reported_by_file_and_line(tmp_path, capsys):
+    src = tmp_path / "coco"
+    image(src / "a.png", 50, 50)
+    data = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "gone.png"}],
+            "categories": [{"id": 1, "name": "jet"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 5]},
+                            {"id": 2, "image_id": 1, "category_id": 9, "bbox": [1, 1, 5, 5]},
+                            {"id": 3, "image_id": 5, "category_id": 1, "bbox": [1, 1, 5, 5]}]}
+    path = src / "ann.json"
+    path.write_text(json.dumps(data, indent=1))
+    lines = path.read_text().splitlines()
+    gone = next(i for i, x in enumerate(lines) if "gone.png" in x)
+    ann = [i for i, x in enumerate(lines) if '"image_id"' in x]
+
+    rc = convert_dataset.main(["--format", "coco", "--src", str(src), "--out-dir", str(tmp_path / "out")])
+    text = _issues_text(capsys)
+    assert rc == 1
+    assert f"{path}:{_obj_start(lines, gone)}: image 'gone.png' not found" in text
+    assert f"{path}:{_obj_start(lines, ann[0])}: empty bbox [1, 1, 0, 5]" in text
+    assert f"{path}:{_obj_start(lines, ann[1])}: category_id 9 is not in 'categories'" in text
+    assert f"{path}:{_obj_start(lines, ann[2])}: image_id 5 is not in 'images'" in text
+
+    path.write_text('{"images": [\n  {"id": 1,\n   "file_name": "a.png"\n  ]\n}')
+    assert convert_dataset.main(["--format", "coco", "--src", str(path), "--out-dir", str(tmp_path / "o")]) == 1
+    assert f"{path}:4: malformed JSON" in _issues_text(capsys)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+def _obj_start(lines, i):
+    """1-based line of the '{' that opens the JSON object holding line i (0-based)."""
+    while lines[i].strip() != "{":
+        i -= 1
+    return i + 1
+
+
+@pytest.fixture
+def yolo_set(tmp_path):
+    """A small valid YOLO data set: 3 train images (one background), 2 val images."""
+    root = tmp_path / "yolo"
+    for split, stems in (("train", ["t0", "t1", "t2"]), ("val", ["v0", "v1"])):
+        for s in stems:
+            image(root / "images" / split / f"{s}.png", 32, 24)
+            if s != "t2":
+                (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+                (root / "labels" / split / f"{s}.txt").write_text("0 0.5 0.5 0.25 0.25\n1 0.2 0.3 0.1 0.1\n")
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames:\n  0: a\n  1: b\n")
+    return root
+
+
+def test_check_counts_a_valid_set(yolo_set):
+    report = check_yolo_dataset(yolo_set / "data.yaml")
+    assert report.ok and not report.issues.warnings, report.format()
+    assert (report.stats["train"].images, report.stats["train"].labelled, report.stats["train"].backgrounds) == (3, 2, 1)
+    assert report.stats["val"].boxes == 4 and report.stats["val"].per_class == {0: 2, 1: 2}
+
+
+def test_check_reports_every_broken_kind_with_file_and_line(yolo_set, capsys):
+    lab = yolo_set / "labels" / "train" / "t0.txt"
+    lab.write_text(
+        "0 0.5 0.5 0.25 0.25\n"  # 1 ok
+        "1 0.5 1.2 0.25 0.25\n"  # 2 out of [0, 1]
+        "2 0.5 0.5 0.25 0.25\n"  # 3 class id out of range
+        "0 0.5 0.5 0.25\n"  # 4 malformed: 4 values
+        "0 0.5 zero 0.25 0.25\n"  # 5 malformed: not a number
+        "0.5 0.5 0.5 0.25 0.25\n"  # 6 malformed: non-integer class
+        "0 0.5 0.5 0.25 0.25\n"  # 7 duplicate of line 1 (warning)
+        "0 0.5 0.5 0.25 0.25 0.9\n"  # 8 six values
+    )
+    (yolo_set / "images" / "train" / "t1.png").write_bytes(b"not an image at all")
+    trunc = yolo_set / "images" / "val" / "v0.png"
+    trunc.write_bytes(trunc.read_bytes()[:60])  # truncated PNG
+    lst = yolo_set / "extra.txt"
+    lst.write_text("./images/val/v1.png\n./images/val/nope.png\n")
+    (yolo_set / "images" / "test").mkdir()
+    (yolo_set / "data.yaml").write_text(
+        "# comment\ntrain:\n  - images/train\n  - extra.txt\nval: images/val\ntest: images/test\nnames: [a, b]\n"
+    )
+    before = tree_hash(yolo_set)
+    assert convert_dataset.main(["--check", str(yolo_set / "data.yaml")]) == 1
+    text = _issues_text(capsys)
+    expected_errors = [
+        f"{lab}:2: coordinates must be normalised to [0, 1], got 1.2",
+        f"{lab}:3: class id 2 out of range: 2 classes, ids 0..1",
+        f"{lab}:4: malformed row: 4 values",
+        f"{lab}:5: malformed row: not all values are numbers",
+        f"{lab}:6: malformed row: class id 0.5 is not an integer",
+        f"{lab}:8: malformed row: 6 values",
+        f"{lst}:2: image not found: {yolo_set / 'images' / 'val' / 'nope.png'}",
+        f"{yolo_set / 'images' / 'train' / 't1.png'}: unreadable image",
+        f"{trunc}: unreadable image",
+        f"{yolo_set / 'data.yaml'}:6: split 'test' is empty",
+    ]
+    for e in expected_errors:
+        assert f"error: {e}" in text, f"missing: {e}\n{text}"
+    assert f"warning: {lab}:7: duplicate of line 1" in text
+    assert "result: INVALID (10 errors" in text
+    assert tree_hash(yolo_set) == before  # --check reads only
+
+
+def test_check_reports_yaml_problems_with_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: images/train\nval: [unclosed\nnames: [a]\n")
+    assert convert_dataset.main(["--check", str(bad)]) == 1
+    assert f"{bad}:3: invalid YAML" in _issues_text(capsys)
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    bad.write_text("train: images/train\nval: images/missing\nnames: {0: a, 2: b}\n")
+    report = check_yolo_dataset(bad)
+    text = report.format()
+    assert f"{bad}:2: 'val' path not found" in text
+    assert f"{bad}:3: 'names' ids must be 0..1 without gaps" in text
+    assert f"{bad}:1: split 'train' is empty" in text
+
+
+def test_converter_refuses_to_write_into_its_source(voc, tmp_path, capsys):
+    before = tree_hash(voc)
+    for out in (voc, voc / "JPEGImages", voc / "new" / "deeper"):
+        assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 1
+        assert "is the source folder" in _issues_text(capsys)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(foreign)]) == 1
+    assert "not written by this tool" in _issues_text(capsys)
+    assert (foreign / "keep.txt").read_text() == "mine"
+    # Our own earlier output is replaced only with --overwrite.
+    out = tmp_path / "out"
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 0
+    assert (out / MARKER).is_file()
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 1
+    assert "--overwrite" in _issues_text(capsys)
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--overwrite",
+                                 "--val-fraction", "0.5"]) == 0  # fmt: skip
+    assert tree_hash(voc) == before
+
+
+def test_split_is_reproducible_by_seed():
+    keys = [f"img{i:03d}.jpg" for i in range(50)]
+    val = assign_val(keys, 0.2, seed=0)
+    assert len(val) == 10
+    assert assign_val(list(reversed(keys)), 0.2, seed=0) == val  # input order does not matter
+    assert assign_val(keys, 0.2, seed=1) != val
+    assert len(assign_val(keys[:2], 0.01, seed=0)) == 1  # never an empty val split
+
+
+def test_resplit_of_a_yolo_set_and_converter_split(yolo_set, voc, tmp_path):
+    before = tree_hash(yolo_set)
+    out_yaml = split_yolo_dataset(yolo_set / "data.yaml", tmp_path / "split", val_fraction=0.4, seed=3)
+    report = check_yolo_dataset(out_yaml)
+    assert report.ok, report.format()
+    assert report.stats["train"].images == 3 and report.stats["val"].images == 2
+    assert report.names == ["a", "b"]
+    again = split_yolo_dataset(yolo_set / "data.yaml", tmp_path / "split2", val_fraction=0.4, seed=3)
+    assert (again.parent / "val.txt").read_text() == (out_yaml.parent / "val.txt").read_text()
+    assert tree_hash(yolo_set) == before
+    # The converter's own split (--val-fraction) is seeded as well.
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"conv{k}"
+        assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out),
+                                     "--val-fraction", "0.34", "--seed", "5"]) == 0  # fmt: skip
+        outs.append(sorted(p.name for p in (out / "images" / "val").iterdir()))
+    assert outs[0] == outs[1] and len(outs[0]) == 1

@@ -1,0 +1,247 @@
+"""YOLO integration, in process: registration, every cfg/ YAML at every scale, shapes, gradients, channel
+conventions and YAML error messages (ultra_vil/yolo/, cfg/).
+
+All on CPU at 64 px; the whole file takes well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import ultra_vil.yolo as uy
+from ultra_vil.yolo import register as reg
+from ultra_vil.yolo.modules import ViLC2f, ViLStage
+
+tasks = pytest.importorskip("ultralytics.nn.tasks")
+
+ROOT = Path(__file__).resolve().parents[1]
+CFGS = sorted((ROOT / "cfg").glob("yolov8-vil*.yaml"))
+VIL_TYPES = (ViLC2f, ViLStage)
+
+
+def scales_of(cfg: Path) -> list[str]:
+    return list(yaml.safe_load(cfg.read_text())["scales"])
+
+
+def scaled(cfg: Path, scale: str) -> Path:
+    """cfg/yolov8-vil-p5.yaml, 'n' -> cfg/yolov8n-vil-p5.yaml (the file name Ultralytics reads the scale from)."""
+    return cfg.with_name(cfg.name.replace("yolov8", f"yolov8{scale}", 1))
+
+
+def build(cfg: Path | str, nc: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return tasks.DetectionModel(str(cfg), nc=nc, verbose=False)
+
+
+def vil_layers(model) -> list[torch.nn.Module]:
+    return [m for m in model.model if isinstance(m, VIL_TYPES)]
+
+
+def test_cfg_files_exist():
+    """The recommended YAML and the four placement variants of issue 3 are present."""
+    names = {p.name for p in CFGS}
+    assert {"yolov8-vil.yaml", "yolov8-vil-p5.yaml", "yolov8-vil-backbone.yaml", "yolov8-vil-neck.yaml",
+            "yolov8-vil-all.yaml"} <= names
+
+
+def test_registration_applied():
+    """Importing ultra_vil.yolo registered both modules, the recompiled parser and the safe-load globals."""
+    assert uy.is_registered()
+    assert tasks.ViLC2f is ViLC2f and tasks.ViLStage is ViLStage
+    assert getattr(tasks.parse_model, "_ultra_vil_registered", False)
+    assert {ViLC2f, ViLStage} <= tasks._ultra_vil_base_modules
+    assert {ViLC2f, ViLStage} <= tasks._ultra_vil_repeat_modules
+    import ultralytics.nn
+
+    assert ultralytics.nn.parse_model is tasks.parse_model  # the package re-export follows the patch
+    safe = set(torch.serialization.get_safe_globals())
+    assert {ViLC2f, ViLStage} <= safe
+
+
+def test_register_is_idempotent():
+    parser = tasks.parse_model
+    for _ in range(3):
+        uy.register.register()
+    assert tasks.parse_model is parser
+    assert tasks.parse_model._ultra_vil_original.__name__ == "parse_model"
+
+
+def test_supported_ultralytics_version_and_clear_error(monkeypatch):
+    """The installed version is in the supported range; others fail with a message naming the range."""
+    import ultralytics
+
+    reg.check_ultralytics_version(ultralytics.__version__)
+    for version in ("8.3.99", "8.5.0", "9.0.0"):
+        with pytest.raises(RuntimeError, match=r"ultralytics>=8\.4,<8\.5.*found ultralytics " + version):
+            reg.check_ultralytics_version(version)
+    monkeypatch.setenv(reg.SKIP_VERSION_CHECK_ENV, "1")
+    with pytest.warns(RuntimeWarning, match="8.5.0"):
+        reg.check_ultralytics_version("8.5.0")
+
+
+def test_recompile_fails_loudly_if_parser_changed():
+    """A parse_model without the two local module sets is refused with a message naming them."""
+    import types
+
+    fake = types.ModuleType("ultralytics.nn.tasks")
+
+    def parse_model(d, ch, verbose=True):  # no base_modules / repeat_modules
+        for i, (f, n, m, args) in enumerate(d["backbone"]):
+            pass
+
+    fake.parse_model = parse_model
+    with pytest.raises(RuntimeError, match="base_modules.*repeat_modules"):
+        reg._recompile_parse_model(fake)
+
+
+@pytest.mark.parametrize("cfg,scale", [(c, s) for c in CFGS for s in scales_of(c)], ids=lambda v: getattr(v, "stem", v))
+def test_every_cfg_builds_at_every_scale_with_stock_channel_plan(cfg, scale):
+    """Each YAML builds at each declared scale; every layer that replaces a stock C2f has stock YOLOv8's channels.
+
+    A ViL module that skipped width scaling (or depth scaling) would give a different channel plan.
+    """
+    model = build(scaled(cfg, scale))
+    stock = build(f"yolov8{scale}.yaml")
+    assert model.yaml["scale"] == scale
+    assert model.stride.tolist() == [8.0, 16.0, 32.0]
+    layers = vil_layers(model)
+    assert layers, f"{cfg.name} has no ViL layer"
+    d = yaml.safe_load(cfg.read_text())
+    rows = d["backbone"] + d["head"]
+    depth = d["scales"][scale][0]
+    for m in layers:
+        row_n = rows[m.i][1]
+        assert m.n == (max(round(row_n * depth), 1) if row_n > 1 else row_n), f"layer {m.i}: depth scaling"
+        if isinstance(m, ViLC2f):  # compare with the stock C2f it replaces (ViLStage rows are insertions)
+            ref = stock.model[m.i - sum(r[2] == "ViLStage" for r in rows[: m.i])]
+            assert type(ref).__name__ == "C2f", f"layer {m.i} does not replace a C2f"
+            assert (m.c1, m.c2, m.n, m.c) == (ref.cv1.conv.in_channels, ref.cv2.conv.out_channels, len(ref.m), ref.c)
+
+
+@pytest.mark.parametrize("cfg", CFGS, ids=lambda p: p.stem)
+def test_forward_square_and_rectangular(cfg):
+    """Scale n runs at 64 x 64 and 64 x 96, in eval (decoded boxes) and train mode (raw head outputs)."""
+    model = build(scaled(cfg, "n"))
+    for h, w in ((64, 64), (64, 96)):
+        anchors = sum((h // s) * (w // s) for s in (8, 16, 32))
+        model.eval()
+        with torch.no_grad():
+            y = model(torch.rand(2, 3, h, w))
+        y = y[0] if isinstance(y, (list, tuple)) else y
+        assert y.shape == (2, 4 + 2, anchors) and torch.isfinite(y).all()
+        model.train()
+        out = model(torch.rand(2, 3, h, w))
+        assert out["scores"].shape[-1] == anchors
+
+
+@pytest.mark.parametrize("name", ["yolov8-vil.yaml", "yolov8-vil-all.yaml"])
+def test_backward_reaches_every_vil_parameter(name):
+    """A loss on the head outputs gives a non-zero gradient to every parameter inside every ViL module."""
+    model = build(scaled(ROOT / "cfg" / name, "n")).train()
+    g = torch.Generator().manual_seed(0)
+    out = model(torch.rand(2, 3, 64, 96, generator=g))
+    loss = sum((t * torch.randn(t.shape, generator=g)).sum() for t in (out["boxes"], out["scores"]))
+    loss.backward()
+    checked = 0
+    for layer in vil_layers(model):
+        for pname, p in layer.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"layer {layer.i} {type(layer).__name__}.{pname}"
+            checked += 1
+    assert checked > 50
+
+
+@pytest.mark.parametrize("cfg", CFGS, ids=lambda p: p.stem)
+def test_vil_channels_match_input_at_scale_n(cfg):
+    """At scale n every ViL module receives the channels it was built for (c1) and returns c2; a ViLStage keeps
+    its input's channel count. With the wrong convention (no width scaling: 1024 instead of 256 at P5, or c1 not
+    inferred) this fails."""
+    model = build(scaled(cfg, "n")).eval()
+    seen = {}
+
+    def hook(module, inputs, output):
+        seen[module.i] = (module, inputs[0].shape[1], output.shape[1])
+
+    handles = [m.register_forward_hook(hook) for m in vil_layers(model)]
+    with torch.no_grad():
+        model(torch.rand(1, 3, 64, 96))
+    for h in handles:
+        h.remove()
+    assert seen
+    for i, (m, c_in, c_out) in seen.items():
+        assert c_in == m.c1, f"layer {i}: built for c1={m.c1}, receives {c_in}"
+        assert c_out == m.c2
+        assert max(m.c1, m.c2) <= 256, f"layer {i}: scale n has at most 256 channels, got {m.c1}->{m.c2}"
+        if isinstance(m, ViLStage):
+            assert c_out == c_in
+
+
+def test_recommended_stage_channels_at_scale_n():
+    """The recommended YAML's ViLStage follows SPPF at scale n: 256 channels in and out."""
+    model = build(ROOT / "cfg" / "yolov8n-vil.yaml")
+    stages = [m for m in model.model if isinstance(m, ViLStage)]
+    assert stages and all((m.c1, m.c2) == (256, 256) for m in stages)
+
+
+def _yaml_with_row(tmp_path: Path, index: int, row: list) -> Path:
+    d = yaml.safe_load((ROOT / "cfg" / "yolov8-vil.yaml").read_text())
+    rows = d["backbone"] + d["head"]
+    rows[index] = row
+    d["backbone"], d["head"] = rows[: len(d["backbone"])], rows[len(d["backbone"]) :]
+    path = tmp_path / "yolov8n-vil-bad.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    "index,row,expected",
+    [
+        (8, [-1, 3, "ViLC2f", [1024, True]], [r"layer 8 \(ViLC2f", r"argument 'e'", "True", "no 'shortcut'"]),
+        (8, [-1, 3, "ViLC2f", [1024, 0.5, 2, 0.0, 7]], [r"layer 8 \(ViLC2f", "too many arguments", "7", "drop_path"]),
+        (8, [-1, 3, "ViLC2f", [1024, 0.5, "two"]], [r"layer 8 \(ViLC2f", r"argument 'expansion'", "'two'"]),
+        (10, [-1, 1, "ViLStage", [512]], [r"layer 10 \(ViLStage", r"argument 'c2'", "c1=256"]),
+        (10, [-1, 1, "ViLStage", [1024, 2, 1.5]], [r"layer 10 \(ViLStage", r"argument 'drop_path'", "1.5"]),
+    ],
+    ids=["shortcut-bool", "too-many", "string", "stage-channels", "drop-path"],
+)
+def test_wrong_arguments_name_layer_module_and_argument(tmp_path, index, row, expected):
+    """A bad ViL row fails with one YAMLLayerError that names the file, layer index, module and argument."""
+    path = _yaml_with_row(tmp_path, index, row)
+    with pytest.raises(uy.YAMLLayerError) as info:
+        tasks.DetectionModel(str(path), nc=2, verbose=False)
+    msg = str(info.value)
+    assert "yolov8n-vil-bad.yaml" in msg
+    import re
+
+    for pattern in expected:
+        assert re.search(pattern, msg), f"{pattern!r} not in: {msg}"
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained deep traceback
+
+
+def test_stock_errors_pass_through_unchanged(tmp_path):
+    """Errors in rows that are not ours are not rewritten (an unknown module name stays Ultralytics' KeyError)."""
+    path = _yaml_with_row(tmp_path, 2, [-1, 3, "NoSuchModule", [128]])
+    with pytest.raises(KeyError, match="NoSuchModule"):
+        tasks.DetectionModel(str(path), nc=2, verbose=False)
+
+
+def test_module_arguments_direct():
+    """The public argument orders: ViLStage(c1, c2, n, expansion, drop_path), ViLC2f(c1, c2, n, e, expansion,
+    drop_path); any H x W works."""
+    stage = ViLStage(16, 16, 2, 2, 0.1)
+    assert len(stage.pairs) == 2
+    c2f = ViLC2f(8, 24, 2, 0.5, 2, 0.0)
+    assert (c2f.c, len(c2f.m)) == (12, 2)
+    x = torch.rand(2, 8, 5, 7)
+    assert c2f(x).shape == (2, 24, 5, 7)
+    assert stage(torch.rand(1, 16, 3, 1)).shape == (1, 16, 3, 1)
+    with pytest.raises(ValueError, match="c2"):
+        ViLStage(16, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        copy.deepcopy(c2f)  # ModelEMA deep-copies the model

@@ -1,0 +1,176 @@
+"""The stock `yolo` command and fresh interpreters see the ViL modules with no import by the user.
+
+Every Ultralytics run here is a subprocess (a fresh interpreter whose only link to ultra-vil is the start-up
+hook that `pip install -e .` put in site-packages), on CPU, at 64 px, on a tiny synthetic data set written by the
+test. Nothing is downloaded (YOLO_OFFLINE=1). About a minute and a half on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ONNX_MAX_ABS_DIFF = 1e-3  # measured 1.1e-5 .. 4.6e-5 (outputs of magnitude up to ~64) on this model; see test
+
+
+def yolo_env(tmp: Path, **extra) -> dict:
+    env = dict(os.environ)
+    env.pop("PYTEST_CURRENT_TEST", None)  # keep Ultralytics' own "running under pytest" paths out of it
+    env.update(YOLO_OFFLINE="1", YOLO_AUTOINSTALL="false", YOLO_CONFIG_DIR=str(tmp / "yolo-config"), **extra)
+    return env
+
+
+def run(args: list[str], tmp: Path, check: bool = True, **env) -> subprocess.CompletedProcess:
+    """Run a command in a fresh interpreter from the repository root; on failure show its output."""
+    proc = subprocess.run(args, cwd=ROOT, env=yolo_env(tmp, **env), capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(args)} -> rc {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def yolo(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("yolo")), *args]
+
+
+def write_tiny_set(root: Path, n: int = 4, size: int = 64) -> Path:
+    """n images of size x size with 1-2 bright rectangles on noise, their YOLO labels and a data YAML."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            img = (rng.random((size, size, 3)) * 60).astype(np.uint8)
+            rows = []
+            for _ in range(1 + k % 2):
+                w, h = rng.integers(12, 28, size=2)
+                x0, y0 = rng.integers(0, size - w), rng.integers(0, size - h)
+                cls = int(rng.integers(0, 2))
+                img[y0 : y0 + h, x0 : x0 + w] = (220, 60, 40) if cls == 0 else (40, 200, 220)
+                rows.append(f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
+            Image.fromarray(img).save(root / "images" / split / f"{split}{k}.png")
+            (root / "labels" / split / f"{split}{k}.txt").write_text("\n".join(rows) + "\n")
+    data = root / "tiny.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: red\n  1: cyan\n")
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`yolo train model=cfg/yolov8n-vil.yaml ... epochs=1 imgsz=64 device=cpu` in a fresh interpreter."""
+    tmp = tmp_path_factory.mktemp("yolo_cli")
+    data = write_tiny_set(tmp / "tiny")
+    proc = run(
+        yolo("train", "model=cfg/yolov8n-vil.yaml", f"data={data}", "epochs=1", "imgsz=64", "device=cpu", "batch=4",
+             "workers=0", f"project={tmp / 'runs'}", "name=train", "plots=False"),
+        tmp,
+    )
+    best = tmp / "runs" / "train" / "weights" / "best.pt"
+    assert best.exists(), proc.stdout[-2000:]
+    return dict(tmp=tmp, data=data, best=best, log=proc.stdout + proc.stderr)
+
+
+def test_train_builds_vil_modules_from_yaml(trained):
+    """The training log lists our modules (from the YAML, not from a checkpoint) and a finished run."""
+    assert "ultra_vil.yolo.modules.ViLC2f" in trained["log"]
+    assert "ultra_vil.yolo.modules.ViLStage" in trained["log"]
+    assert "1 epochs completed" in trained["log"]
+
+
+def test_val_and_predict_on_best_pt_in_fresh_interpreters(trained):
+    tmp, best, data = trained["tmp"], trained["best"], trained["data"]
+    val = run(yolo("val", f"model={best}", f"data={data}", "imgsz=64", "device=cpu", "batch=4", "workers=0",
+                   f"project={tmp / 'runs'}", "name=val", "plots=False"), tmp)
+    assert "all" in val.stdout + val.stderr
+    pred = run(yolo("predict", f"model={best}", f"source={data.parent / 'images' / 'val'}", "imgsz=64", "device=cpu",
+                    f"project={tmp / 'runs'}", "name=predict", "save=False"), tmp)
+    assert "4 images" in pred.stdout + pred.stderr or "image 4/4" in pred.stdout + pred.stderr
+
+
+def test_checkpoint_pickles_our_classes_and_loads_safely(trained):
+    """best.pt references the modules by their public paths; it loads in a fresh interpreter with the hook off
+    (unpickling imports ultra_vil.yolo, which registers) and under Ultralytics' restricted loader."""
+    import torch
+
+    names = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(trained["best"])))
+    assert {"ultra_vil.yolo.modules.ViLC2f", "ultra_vil.yolo.modules.ViLStage", "ultra_vil.vil.ViLBlockPair"} <= names
+    code = (
+        "import sys; from ultralytics import YOLO; from ultralytics.nn.tasks import torch_safe_load\n"
+        f"m = YOLO({str(trained['best'])!r}); assert 'ultra_vil.yolo' in sys.modules\n"
+        "from ultra_vil.yolo import is_registered; assert is_registered()\n"
+        f"ckpt, _ = torch_safe_load({str(trained['best'])!r}, safe_only=True); print('SAFE', type(ckpt['model']).__name__)"
+    )
+    proc = run([sys.executable, "-c", code], trained["tmp"], ULTRA_VIL_NO_HOOK="1")
+    assert "SAFE DetectionModel" in proc.stdout
+
+
+def test_onnx_export_matches_pytorch(trained):
+    """`yolo export format=onnx` succeeds and onnxruntime's output matches the PyTorch model's."""
+    ort = pytest.importorskip("onnxruntime")
+    import torch
+    from ultralytics import YOLO
+
+    tmp, best = trained["tmp"], trained["best"]
+    run(yolo("export", f"model={best}", "format=onnx", "imgsz=64", "device=cpu"), tmp)
+    onnx_path = best.with_suffix(".onnx")
+    assert onnx_path.exists()
+    model = YOLO(str(best)).model.float().fuse().eval()  # export exports the fused float model
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)
+    ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out = np.concatenate([session.run(None, {name: x[i : i + 1].numpy()})[0] for i in range(len(x))])  # batch 1 graph
+    assert out.shape == ref.shape
+    diff = float(np.abs(out - ref).max())
+    print(f"ONNX vs PyTorch max abs diff {diff:.3g} (outputs up to {np.abs(ref).max():.3g})")
+    assert diff < ONNX_MAX_ABS_DIFF
+
+
+def test_hook_is_what_makes_the_cli_work(tmp_path):
+    """With ULTRA_VIL_NO_HOOK=1 a fresh interpreter cannot build the YAML (KeyError); with the hook it can, and
+    the hook imports neither torch nor ultralytics at start-up."""
+    probe = "import sys; print(json.dumps(['torch' in sys.modules, 'ultralytics' in sys.modules, '_ultra_vil_hook' in sys.modules]))"
+    proc = run([sys.executable, "-c", "import json; " + probe], tmp_path)
+    assert json.loads(proc.stdout) == [False, False, True], "start-up hook not installed: run `pip install -e .`"
+    build = "from ultralytics import YOLO; YOLO('cfg/yolov8n-vil.yaml'); print('BUILT')"
+    assert "BUILT" in run([sys.executable, "-W", "error::RuntimeWarning", "-c", build], tmp_path).stdout
+    off = run([sys.executable, "-c", build], tmp_path, check=False, ULTRA_VIL_NO_HOOK="1")
+    assert off.returncode != 0 and "KeyError: 'ViLC2f'" in off.stderr
+
+
+def test_import_orders_register_without_warnings(tmp_path):
+    """Every import order registers exactly once, and `import ultra_vil` alone never imports ultralytics."""
+    checks = [
+        "import ultra_vil, sys; assert 'ultralytics' not in sys.modules",
+        "import ultra_vil.yolo as y; assert y.is_registered()",
+        "import ultralytics.nn.tasks as t; import ultra_vil.yolo as y; assert y.is_registered() and t.ViLC2f",
+        "from ultralytics import YOLO; import ultralytics.nn.tasks as t; assert t.parse_model._ultra_vil_registered",
+        "import ultra_vil; from ultralytics import YOLO; from ultra_vil.yolo import is_registered; assert is_registered()",
+    ]
+    for code in checks:
+        run([sys.executable, "-W", "error", "-c", code], tmp_path)
+    run([sys.executable, "-c", checks[1]], tmp_path, ULTRA_VIL_NO_HOOK="1")  # the fallback: import by hand
+
+
+def test_wrong_argument_message_reaches_cli_users(tmp_path):
+    """The stock CLI ends with our one-line error naming layer, module and argument."""
+    import yaml
+
+    d = yaml.safe_load((ROOT / "cfg" / "yolov8-vil.yaml").read_text())
+    d["backbone"][8] = [-1, 3, "ViLC2f", [1024, True]]
+    bad = tmp_path / "yolov8n-vil-bad.yaml"
+    bad.write_text(yaml.safe_dump(d, sort_keys=False))
+    proc = run(yolo("train", f"model={bad}", "data=unused.yaml", "device=cpu"), tmp_path, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0
+    assert last.startswith("ultra_vil.yolo.register.YAMLLayerError:") and "layer 8 (ViLC2f" in last and "'e'" in last

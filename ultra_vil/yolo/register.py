@@ -1,0 +1,252 @@
+"""The one place where ultra-vil touches Ultralytics internals: make the ViL modules usable in model YAMLs.
+
+Ultralytics 8.4 has no plug-in mechanism for model layers (see research/ultralytics-integration.md), so
+`register()` does four things, each checked, all idempotent:
+
+1. Name injection: `parse_model` resolves a YAML module name with `globals()[name]` inside
+   `ultralytics.nn.tasks`, so every class of `MODULES` is set as an attribute of that module.
+2. Channel and depth scaling like C2f: `parse_model` keeps the modules that get c1 inferred, c2 width-scaled and
+   n passed as third argument in two *local* sets (`base_modules`, `repeat_modules`). The installed function is
+   recompiled once from its own source with `| _ultra_vil_base_modules` and `| _ultra_vil_repeat_modules`
+   appended to those two assignments (an AST edit made in memory at run time; no source text is copied into this
+   project and no installed file is changed). The two extra sets are globals of `ultralytics.nn.tasks`, read at
+   call time.
+3. Clear YAML errors: the recompiled parser is wrapped so that an error raised while building one of our
+   modules names the YAML file, the layer index, the module and the argument (`YAMLLayerError`).
+4. `torch.serialization.add_safe_globals` for every module class of `ultra_vil.vil` and `ultra_vil.yolo.modules`,
+   so checkpoints also load under `ULTRALYTICS_SAFE_LOAD=1`.
+
+It is called by `import ultra_vil.yolo` (which unpickling a checkpoint does) and by the start-up hook
+`_ultra_vil_hook` (installed at the root of site-packages by `pip install`), which runs it right after
+`ultralytics.nn.tasks` is imported in any process: the stock `yolo` command and DDP workers included.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import os
+import textwrap
+import warnings
+from types import FunctionType, ModuleType
+
+import torch
+from torch import nn
+
+from ultra_vil import vil
+from ultra_vil.yolo import modules
+from ultra_vil.yolo.modules import ViLArgumentError, ViLC2f, ViLStage
+
+SUPPORTED_ULTRALYTICS = ((8, 4), (8, 5))  # [low, high): the range this file was written and tested against
+SKIP_VERSION_CHECK_ENV = "ULTRA_VIL_SKIP_VERSION_CHECK"
+
+# YAML name -> class. Every class here gets C2f's treatment (c1 inferred, c2 width-scaled, n as third argument).
+MODULES: dict[str, type[nn.Module]] = {"ViLStage": ViLStage, "ViLC2f": ViLC2f}
+
+_BASE_SET, _REPEAT_SET = "base_modules", "repeat_modules"  # the local names inside parse_model we extend
+_EXTRA_BASE, _EXTRA_REPEAT = "_ultra_vil_base_modules", "_ultra_vil_repeat_modules"  # our globals in tasks
+_LOOP_LOCALS = ("i", "m", "args")  # locals of parse_model's layer loop read when translating an error
+_MARK = "_ultra_vil_registered"
+
+
+class YAMLLayerError(ValueError):
+    """A model YAML names a ViL module with arguments it cannot take. Says which file, layer, module, argument."""
+
+
+def register(tasks: ModuleType | None = None) -> ModuleType:
+    """Make `MODULES` available to Ultralytics model YAMLs (idempotent; safe to call from any import order).
+
+    Args:
+        tasks: The module `ultralytics.nn.tasks`; imported when None (the start-up hook passes it in).
+
+    Returns:
+        The `ultralytics.nn.tasks` module that was patched.
+
+    Raises:
+        RuntimeError: The installed Ultralytics is outside the supported range, or its `parse_model` no longer
+            has the structure this file relies on.
+    """
+    if tasks is None:
+        import ultralytics.nn.tasks as tasks
+    check_ultralytics_version()
+    for name, cls in MODULES.items():
+        existing = tasks.__dict__.get(name)
+        if existing is not None and existing is not cls:
+            raise RuntimeError(
+                f"ultra-vil: ultralytics.nn.tasks already defines {name!r} ({existing!r}); refusing to replace it "
+                f"with {cls.__module__}.{cls.__qualname__}"
+            )
+        setattr(tasks, name, cls)
+    setattr(tasks, _EXTRA_BASE, frozenset(MODULES.values()))
+    setattr(tasks, _EXTRA_REPEAT, frozenset(MODULES.values()))
+    if not getattr(tasks.parse_model, _MARK, False):
+        patched = _recompile_parse_model(tasks)
+        wrapper = _with_layer_errors(patched, tasks.parse_model)
+        tasks.parse_model = wrapper
+        nn_pkg = _loaded_module("ultralytics.nn")  # re-exports parse_model; keep the re-export in step
+        if nn_pkg is not None and getattr(nn_pkg, "parse_model", None) is getattr(wrapper, "_ultra_vil_original"):
+            nn_pkg.parse_model = wrapper
+    torch.serialization.add_safe_globals(module_classes())
+    return tasks
+
+
+def is_registered(tasks: ModuleType | None = None) -> bool:
+    """Whether `register()` has been applied to `ultralytics.nn.tasks` in this process."""
+    if tasks is None:
+        tasks = _loaded_module("ultralytics.nn.tasks")
+    if tasks is None:
+        return False
+    return (
+        getattr(tasks.parse_model, _MARK, False)
+        and all(tasks.__dict__.get(name) is cls for name, cls in MODULES.items())
+        and set(MODULES.values()) <= getattr(tasks, _EXTRA_BASE, frozenset())
+        and set(MODULES.values()) <= getattr(tasks, _EXTRA_REPEAT, frozenset())
+    )
+
+
+def module_classes() -> list[type[nn.Module]]:
+    """Every nn.Module class defined in ultra_vil.vil and ultra_vil.yolo.modules (what a checkpoint pickles)."""
+    return [
+        obj
+        for mod in (vil, modules)
+        for obj in vars(mod).values()
+        if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == mod.__name__
+    ]
+
+
+def check_ultralytics_version(version: str | None = None) -> None:
+    """Raise RuntimeError unless the Ultralytics version is in SUPPORTED_ULTRALYTICS.
+
+    `ULTRA_VIL_SKIP_VERSION_CHECK=1` turns the error into a warning; the structural checks of the
+    `parse_model` patch still run and fail loudly if the internals changed.
+    """
+    if version is None:
+        import ultralytics
+
+        version = ultralytics.__version__
+    (lo, hi) = SUPPORTED_ULTRALYTICS
+    try:
+        major_minor = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        major_minor = None
+    if major_minor is not None and lo <= major_minor < hi:
+        return
+    msg = (
+        f"ultra-vil supports ultralytics>={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]} (it patches Ultralytics' model parser), "
+        f"found ultralytics {version}. Install a supported version (pip install 'ultralytics>={lo[0]}.{lo[1]},"
+        f"<{hi[0]}.{hi[1]}'), or set {SKIP_VERSION_CHECK_ENV}=1 to try anyway."
+    )
+    if os.environ.get(SKIP_VERSION_CHECK_ENV, "") not in ("", "0"):
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return
+    raise RuntimeError(msg)
+
+
+def _loaded_module(name: str) -> ModuleType | None:
+    import sys
+
+    return sys.modules.get(name)
+
+
+class _ExtendModuleSets(ast.NodeTransformer):
+    """`base_modules = <expr>` -> `base_modules = <expr> | _ultra_vil_base_modules` (same for repeat_modules)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, int] = {_BASE_SET: 0, _REPEAT_SET: 0}
+
+    def visit_Assign(self, node: ast.Assign) -> ast.Assign:
+        if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) and node.targets[0].id in self.found:
+            name = node.targets[0].id
+            self.found[name] += 1
+            extra = _EXTRA_BASE if name == _BASE_SET else _EXTRA_REPEAT
+            node.value = ast.BinOp(left=node.value, op=ast.BitOr(), right=ast.Name(id=extra, ctx=ast.Load()))
+        return node
+
+
+def _recompile_parse_model(tasks: ModuleType) -> FunctionType:
+    """Recompile the installed `tasks.parse_model` with our two extra module sets; see the module docstring."""
+    original = tasks.parse_model
+    where = f"{tasks.__name__}.parse_model of ultralytics {getattr(_loaded_module('ultralytics'), '__version__', '?')}"
+    try:
+        lines, first_line = inspect.getsourcelines(original)
+        filename = inspect.getsourcefile(original)
+    except (OSError, TypeError) as e:
+        raise RuntimeError(f"ultra-vil: cannot read the source of {where} to register the ViL modules ({e})") from e
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    ast.increment_lineno(tree, first_line - 1)  # tracebacks keep pointing at the installed file's real lines
+    func = tree.body[0] if tree.body else None
+    if not isinstance(func, ast.FunctionDef) or func.name != "parse_model":
+        raise RuntimeError(f"ultra-vil: {where} is not a plain function definition; its internals changed")
+    loop_names = {n.id for loop in ast.walk(func) if isinstance(loop, ast.For) for n in ast.walk(loop.target)
+                  if isinstance(n, ast.Name)}
+    missing = [name for name in _LOOP_LOCALS if name not in loop_names]
+    if missing:
+        raise RuntimeError(f"ultra-vil: {where} has no layer loop over {missing}; its internals changed")
+    transformer = _ExtendModuleSets()
+    transformer.visit(func)
+    if transformer.found != {_BASE_SET: 1, _REPEAT_SET: 1}:
+        raise RuntimeError(
+            f"ultra-vil: expected exactly one assignment each to the local sets {_BASE_SET!r} and {_REPEAT_SET!r} "
+            f"in {where}, found {transformer.found}; Ultralytics' model parser changed, so the ViL modules cannot "
+            "get C2f's width and depth scaling. Use a supported Ultralytics version."
+        )
+    ast.fix_missing_locations(tree)
+    namespace: dict = {}
+    exec(compile(tree, filename, "exec"), tasks.__dict__, namespace)  # globals: tasks, as for the original
+    return namespace["parse_model"]
+
+
+def _with_layer_errors(patched: FunctionType, original: FunctionType) -> FunctionType:
+    """Wrap the recompiled parser so errors from our modules name the YAML file, layer, module and argument."""
+
+    @functools.wraps(original)
+    def parse_model(d, ch, verbose=True):
+        try:
+            return patched(d, ch, verbose)
+        except Exception as e:
+            clear = _layer_error(e, d, patched.__code__)
+            if clear is None:
+                raise
+            raise clear from None
+
+    setattr(parse_model, _MARK, True)
+    parse_model._ultra_vil_original = original
+    parse_model._ultra_vil_patched = patched
+    return parse_model
+
+
+def _layer_error(e: Exception, d: dict, code) -> YAMLLayerError | None:
+    """A YAMLLayerError for an exception raised while parse_model built one of our modules, else None.
+
+    The layer index, the module and its final argument list are read from the parser's frame in the traceback.
+    """
+    frame, tb = None, e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            frame = tb.tb_frame
+        tb = tb.tb_next
+    if frame is None:
+        return None
+    loc = frame.f_locals
+    i, m, args = (loc.get(name) for name in _LOOP_LOCALS)
+    if not isinstance(i, int) or m not in MODULES.values():
+        return None
+    rows = list(d.get("backbone", [])) + list(d.get("head", []))
+    row = rows[i] if i < len(rows) else "?"
+    where = f"{d.get('yaml_file', 'model YAML')}: layer {i} ({m.__name__}, YAML row {row})"
+    params = list(inspect.signature(m).parameters)
+    if isinstance(e, ViLArgumentError):
+        return YAMLLayerError(f"{where}: argument '{e.argument}' must be {e.expected}, got {e.value!r}")
+    if isinstance(e, TypeError) and isinstance(args, (list, tuple)):
+        try:
+            inspect.signature(m).bind(*args)
+        except TypeError:
+            if len(args) > len(params):
+                extra = ", ".join(f"{a!r}" for a in args[len(params) :])
+                return YAMLLayerError(
+                    f"{where}: too many arguments: {m.__name__}({', '.join(params)}) got {len(args)} after Ultralytics "
+                    f"inserted c1 and n; argument(s) {extra} after '{params[-1]}' are not accepted"
+                )
+            return YAMLLayerError(f"{where}: arguments {list(args)} do not fit {m.__name__}({', '.join(params)}): {e}")
+    return YAMLLayerError(f"{where}: {type(e).__name__}: {e}")
