@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -216,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                              out / "logs" / f"{model['tag']}_seed{seed}.log", args.quiet)  # fmt: skip
         if ok:
             row = json.loads(row_file.read_text())["row"]
-            print(f"{label}: finished in {time.time() - t0:.0f} s: mAP50 {fmt(row['map50'])}, "
-                  f"mAP50-95 {fmt(row['map50_95'])}, train {fmt(row['train_s_per_epoch'])} s/epoch", flush=True)  # fmt: skip
+            print(f"{label}: finished in {time.time() - t0:.0f} s: mAP50 {fmt(row['map50'])}, mAP50-95 "
+                  f"{fmt(row['map50_95'])}, train {fmt(row['train_s_per_epoch'])} s/epoch", flush=True)  # fmt: skip
         else:
             failed[(model["tag"], seed)] = why
             print(f"{label}: FAILED: {why}", flush=True)
@@ -299,6 +300,8 @@ def run_worker(job: dict, job_file: Path, log_file: Path, quiet: bool) -> tuple[
     """Run one job in a fresh Python process; its output goes to log_file (and the console unless quiet)."""
     job_file.write_text(json.dumps(job, indent=2))
     Path(job["row_file"]).unlink(missing_ok=True)
+    for stale in (f"{job['tag']}_seed{job['seed']}", f"{job['tag']}_seed{job['seed']}_val"):
+        shutil.rmtree(Path(job["out_dir"]) / "runs" / stale, ignore_errors=True)  # an interrupted run starts afresh
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(job_file)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_file, "wb") as log:
@@ -449,8 +452,9 @@ def onnx_latency(last: Path, x, job: dict) -> tuple[float | str, str]:
             times.append((time.perf_counter() - t0) * 1e3)
         return round(statistics.median(times), 3), ""
     except Exception as e:  # export or runtime failure: report it, keep the rest of the row
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        return NA, f"ONNX export or ONNX Runtime failed: {type(e).__name__}: {msg}"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = msg if len(msg) <= 200 else msg[:200] + " ..."
+        return NA, f"ONNX export or ONNX Runtime failed ({type(e).__name__}: {msg}); the full error is in the run's log"
 
 
 def reset_peak_rss() -> float:
@@ -544,16 +548,20 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
         env = json.loads((out / "rows" / f"{row['model']}_seed{row['seed']}.json").read_text()).get("env", {})
     cuda = settings["device"].startswith("cuda")
     data_name = Path(settings["data"]).name
+    data_shown = settings["data"]
+    if Path(data_shown).is_relative_to(REPO):
+        data_shown = os.path.relpath(data_shown, REPO)
     split_counts = _split_counts(Path(settings["data"]))
     lines = [
         f"# YOLOv8{settings['scale']} vs YOLOv8{settings['scale']}-ViL on {data_name}",
         "",
-        f"Data: `{settings['data']}`{split_counts}, {len(names)} class(es). From scratch (no pretrained weights), "
+        f"Data: `{data_shown}`{split_counts}, {len(names)} class(es). From scratch (no pretrained weights), "
         f"{settings['epochs']} epoch(s), imgsz {settings['img_size']}, batch {settings['batch_size']}, "
         f"{settings['optimizer']} lr0={settings['lr0']}, deterministic, seeds "
         f"{sorted({r['seed'] for r in rows})}; other train settings Ultralytics' defaults"
         + (f" except {settings['extra']}" if settings["extra"] else "") + ". "
-        f"Device: {settings['device']} ({env.get('device_name', '?')}, {env.get('threads', '?')} CPU threads); "
+        f"Device: {settings['device']} ({env.get('device_name', '?')}; PyTorch CPU threads: {env.get('threads', '?')}, "
+        "as Ultralytics sets them: min(8, cores - 1)); "
         f"torch {env.get('torch', '?')}, ultralytics {env.get('ultralytics', '?')}.",
         "",
         "| model | " + " | ".join(h for _, h, _, _ in TABLE) + " |",
@@ -574,9 +582,12 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
     for m in models[1:]:
         rs = by_model.get(m["tag"], [])
         if rs and stock:
-            dm = (mean_std([r["map50_95"] for r in rs])[0] or 0) - (mean_std([r["map50_95"] for r in stock])[0] or 0)
-            lines.append(f"- {m['tag']} − {models[0]['tag']}: mAP50-95 {dm:+.3f}, params "
-                         f"{(mean_std([r['params'] for r in rs])[0] / mean_std([r['params'] for r in stock])[0]):.2f}x.")  # fmt: skip
+            def mean(col, runs):
+                return mean_std([r[col] for r in runs])[0]
+
+            dm = (mean("map50_95", rs) or 0) - (mean("map50_95", stock) or 0)
+            ratio = mean("params", rs) / mean("params", stock)
+            lines.append(f"- {m['tag']} − {models[0]['tag']}: mAP50-95 {dm:+.3f}, params {ratio:.2f}x.")
     cmd = "python scripts/compare.py " + " ".join(_quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     lines += ["", f"Reproduce by: `{cmd}`", ""]
 

@@ -67,7 +67,8 @@ def make_coco(folder: Path) -> Path:
                 anns.append({"id": len(anns) + 1, "image_id": i, "category_id": c + 1, "bbox": [x, y, w, h]})
             im.save(folder / split / f"{split}{i}.png")
             images.append({"id": i, "file_name": f"{split}{i}.png", "width": 64, "height": 64})
-        (folder / split / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        coco = {"images": images, "annotations": anns, "categories": cats}
+        (folder / split / "ann.json").write_text(json.dumps(coco))
     return folder
 
 

@@ -25,7 +25,8 @@ spec.loader.exec_module(convert_dataset)
 
 def tree_hash(folder: Path) -> dict[str, str]:
     """Path -> sha256 of every file below `folder` (the source must be byte-for-byte unchanged)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def image(path: Path, w: int, h: int) -> Path:
@@ -68,7 +69,8 @@ def voc(tmp_path):
 
 
 def names_yaml(path: Path, names: list[str]) -> Path:
-    path.write_text("train: images/train\nval: images/val\nnames:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)))
+    entries = "".join(f"  {i}: {n}\n" for i, n in enumerate(names))
+    path.write_text("train: images/train\nval: images/val\nnames:\n" + entries)
     return path
 
 
@@ -96,7 +98,8 @@ def test_coco_converts_to_exact_yolo_labels(tmp_path):
     for split, name in (("train", "p.png"), ("valid", "q.png")):
         image(src / split / name, 100, 200)
     cats = [{"id": 0, "name": "aircraft", "supercategory": "none"},  # Roboflow's data-set-level category
-            {"id": 3, "name": "f16", "supercategory": "aircraft"}, {"id": 7, "name": "c17", "supercategory": "aircraft"}]
+            {"id": 3, "name": "f16", "supercategory": "aircraft"},
+            {"id": 7, "name": "c17", "supercategory": "aircraft"}]
     train = {"images": [{"id": 1, "file_name": "p.png", "width": 100, "height": 200}], "categories": cats,
              "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 20, 30, 40], "iscrowd": 0},
                              {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 100, 200]},
@@ -202,7 +205,8 @@ def yolo_set(tmp_path):
 def test_check_counts_a_valid_set(yolo_set):
     report = check_yolo_dataset(yolo_set / "data.yaml")
     assert report.ok and not report.issues.warnings, report.format()
-    assert (report.stats["train"].images, report.stats["train"].labelled, report.stats["train"].backgrounds) == (3, 2, 1)
+    train = report.stats["train"]
+    assert (train.images, train.labelled, train.backgrounds) == (3, 2, 1)
     assert report.stats["val"].boxes == 4 and report.stats["val"].per_class == {0: 2, 1: 2}
 
 
@@ -312,3 +316,47 @@ def test_resplit_of_a_yolo_set_and_converter_split(yolo_set, voc, tmp_path):
                                      "--val-fraction", "0.34", "--seed", "5"]) == 0  # fmt: skip
         outs.append(sorted(p.name for p in (out / "images" / "val").iterdir()))
     assert outs[0] == outs[1] and len(outs[0]) == 1
+
+
+AIRCRAFT = ["c17", "c5", "helicopter", "c130", "f16", "b2", "other", "b52", "kc10", "command", "f15", "kc135", "a10",
+            "b1", "aew", "f22", "p3", "p8", "f35", "f18", "v22", "su-27", "il-38", "tu-134", "su-33", "an-70",
+            "tu-22"]  # fmt: skip
+
+
+def test_aircraft_template_order_drives_the_converter(tmp_path):
+    """The template lists the 27 classes in the issue's order, and the converter maps by name to that order
+    even when the export sorted its categories alphabetically."""
+    from ultra_vil.data.yolo_format import names_from_yaml
+
+    template = ROOT / "datasets" / "aircraft.yaml"
+    assert names_from_yaml(template) == AIRCRAFT
+    src = tmp_path / "export"
+    image(src / "x.jpg", 100, 100)
+    cats = [{"id": i, "name": n} for i, n in enumerate(sorted(AIRCRAFT))]  # an export that sorted the names
+    by_name = {c["name"]: c["id"] for c in cats}
+    anns = [{"id": 1, "image_id": 1, "category_id": by_name["a10"], "bbox": [0, 0, 10, 10]},
+            {"id": 2, "image_id": 1, "category_id": by_name["tu-22"], "bbox": [0, 0, 10, 10]}]  # fmt: skip
+    (src / "ann.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": anns,
+                                              "categories": cats}))  # fmt: skip
+    image(src / "y.jpg", 100, 100)  # a second (background) image so that train and val are both non-empty
+    data = json.loads((src / "ann.json").read_text())
+    data["images"].append({"id": 2, "file_name": "y.jpg"})
+    (src / "ann.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert convert_dataset.main(["--format", "coco", "--src", str(src), "--out-dir", str(out),
+                                 "--data-yaml", str(template)]) == 0  # fmt: skip
+    rows = [line.split()[0] for text in labels(out).values() for line in text.splitlines()]
+    assert sorted(rows) == ["12", "26"]  # a10 and tu-22 in the template's order, not the export's (0 and 26)
+    assert check_yolo_dataset(out / "data.yaml").names == AIRCRAFT
+
+
+def test_split_of_a_set_with_only_train(tmp_path):
+    root = tmp_path / "only_train"
+    for i in range(10):
+        image(root / "images" / "train" / f"{i}.jpg", 20, 20)
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [a]\n")
+    assert not check_yolo_dataset(root / "data.yaml").ok  # no val split yet: invalid for training
+    out_yaml = split_yolo_dataset(root / "data.yaml", tmp_path / "split", val_fraction=0.3, seed=0)
+    report = check_yolo_dataset(out_yaml)
+    assert report.ok, report.format()
+    assert (report.stats["train"].images, report.stats["val"].images, report.stats["val"].backgrounds) == (7, 3, 3)

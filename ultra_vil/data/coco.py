@@ -145,8 +145,7 @@ def _read_file(
 
     by_id: dict[Any, Sample] = {}
     samples = []
-    near_names = [split] if split else []
-    near = [path.parent] + [root / "images" / s for s in near_names] + [root / s for s in near_names] + [root / "images"]
+    near = [path.parent] + ([root / "images" / split, root / split] if split else []) + [root / "images"]
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict) or "id" not in im or not im.get("file_name"):
             issues.error(path, line("images", i), "image entry without 'id' and 'file_name'")

@@ -139,9 +139,8 @@ def write_yolo(
     for k, s in enumerate(samples):
         if s.image in seen:
             first = seen[s.image]
-            issues.error(
-                s.source, s.line, f"image {s.image.name} is described twice (also at {first.source}:{resolve_line(first.line)})"
-            )
+            also = f"{first.source}:{resolve_line(first.line)}"
+            issues.error(s.source, s.line, f"image {s.image.name} is described twice (also at {also})")
             continue
         seen[s.image] = s
         rows[k] = []
@@ -207,7 +206,8 @@ def write_yolo(
     header = (
         f"{description}\nConverted by ultra_vil.data (scripts/convert_dataset.py) from {src_root.resolve()}\n"
         f"Check with: python scripts/convert_dataset.py --check {data_yaml}\n\n"
-        f"{out_dir.name}/\n  data.yaml\n  images/{{train,val}}/  image files\n  labels/{{train,val}}/  one .txt per image"
+        f"{out_dir.name}/\n  data.yaml\n  images/{{train,val}}/  image files\n"
+        "  labels/{train,val}/  one .txt per image"
     )
     dump_data_yaml(data_yaml, names, {s: f"images/{s}" for s in images}, header)
     return Converted(data_yaml, list(names), images, boxes, backgrounds, issues)

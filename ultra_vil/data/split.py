@@ -40,13 +40,15 @@ def split_yolo_dataset(data_yaml: Path, out_dir: Path, val_fraction: float = 0.2
     from ultra_vil.data.yolo_check import read_data_yaml
     from ultra_vil.data.yolo_format import dump_data_yaml
 
-    spec = read_data_yaml(data_yaml)
+    spec = read_data_yaml(data_yaml, lenient=("val", "test"))  # a set with only a train split is what this is for
     if spec.issues.errors:
         raise DatasetError(f"cannot split {data_yaml}", spec.issues)
     out_dir = Path(out_dir)
     existing = [out_dir / f for f in SPLIT_FILES if (out_dir / f).exists()]
     if existing and not (out_dir / MARKER).is_file():
-        raise DatasetError(f"--out-dir {out_dir} already holds {existing[0].name}, not written by this tool; choose another")
+        raise DatasetError(
+            f"--out-dir {out_dir} already holds {existing[0].name}, not written by this tool; choose another folder"
+        )
     if (out_dir / "data.yaml").resolve() == Path(data_yaml).resolve():
         raise DatasetError(f"--out-dir {out_dir} would overwrite the input {data_yaml}; choose another folder")
 
@@ -54,7 +56,8 @@ def split_yolo_dataset(data_yaml: Path, out_dir: Path, val_fraction: float = 0.2
     keys = {os.path.relpath(im, spec.root): im for im in pool}
     val = assign_val(list(keys), val_fraction, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).write_text(json.dumps({"source": str(Path(data_yaml).resolve()), "tool": "ultra_vil.data"}) + "\n")
+    marker = {"source": str(Path(data_yaml).resolve()), "tool": "ultra_vil.data"}
+    (out_dir / MARKER).write_text(json.dumps(marker) + "\n")
     lists = {
         "train": [im for k, im in sorted(keys.items()) if k not in val],
         "val": [im for k, im in sorted(keys.items()) if k in val],

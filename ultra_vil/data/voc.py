@@ -138,7 +138,8 @@ def _read_annotation(
 ) -> Sample | None:
     fn = root.find("filename")
     file_name = fn.value if fn is not None and fn.value else xml_path.stem
-    near = [xml_path.parent, src / "JPEGImages", xml_path.parent.parent / "JPEGImages", xml_path.parent.parent / "images"]
+    up = xml_path.parent.parent
+    near = [xml_path.parent, src / "JPEGImages", up / "JPEGImages", up / "images"]
     image, why = finder.find(file_name, near)
     if image is None:
         issues.error(xml_path, fn.line if fn is not None else root.line, why)
@@ -156,9 +157,8 @@ def _read_annotation(
         except ValueError:
             declared = None
         if declared and declared != (0, 0) and declared != (width, height):
-            issues.warn(
-                xml_path, size.line, f"<size> says {declared[0]}x{declared[1]}, image is {width}x{height}; using the image"
-            )
+            said = f"{declared[0]}x{declared[1]}"
+            issues.warn(xml_path, size.line, f"<size> says {said}, image is {width}x{height}; using the image")
     sample = Sample(image, width, height, xml_path, root.line)
     for obj in root.findall("object"):
         name = obj.find("name")

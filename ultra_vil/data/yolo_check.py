@@ -77,8 +77,12 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def read_data_yaml(path: Path | str) -> DataSpec:
-    """Parse and resolve a data YAML; problems go to `DataSpec.issues` (nothing is raised for bad data)."""
+def read_data_yaml(path: Path | str, lenient: tuple[str, ...] = ()) -> DataSpec:
+    """Parse and resolve a data YAML; problems go to `DataSpec.issues` (nothing is raised for bad data).
+
+    train and val are required; a split that is missing, not found or empty is an error, unless it is in
+    `lenient` (then a warning: e.g. a set that has no val split yet, about to be split).
+    """
     path = Path(path)
     issues = Issues()
     spec = DataSpec(path, path.parent, [], {}, issues)
@@ -125,13 +129,18 @@ def read_data_yaml(path: Path | str) -> DataSpec:
         value = data.get(split)
         if not value:
             if split in ("train", "val"):
-                issues.error(path, lines.get(split), f"'{split}' is missing or empty: train and val are required")
+                (issues.warn if split in lenient else issues.error)(
+                    path, lines.get(split), f"'{split}' is missing or empty: train and val are required"
+                )
             continue
+        found = Issues()
         images = []
         for entry in value if isinstance(value, list) else [value]:
-            images += _resolve_entry(str(entry), spec.root, path, lines.get(split), split, issues)
-        if not images and not any(i.line == lines.get(split) and i.path == path for i in issues.errors):
-            issues.error(path, lines.get(split), f"split '{split}' is empty: no images in {value}")
+            images += _resolve_entry(str(entry), spec.root, path, lines.get(split), split, found)
+        if not images and not found.errors:
+            found.error(path, lines.get(split), f"split '{split}' is empty: no images in {value}")
+        issues.warnings += found.warnings + (found.errors if split in lenient else [])
+        issues.errors += [] if split in lenient else found.errors
         spec.splits[split] = images
     return spec
 
