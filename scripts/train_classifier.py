@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if env_rank() == 0 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True,
+        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
     )
     try:
         results = run(args, progress=progress)

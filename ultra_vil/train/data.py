@@ -137,13 +137,15 @@ def check_same_classes(train: list[str], val: list[str], train_dir: Path, val_di
 
 
 def _is_truncated_jpeg(data: np.ndarray) -> bool:
-    """A JPEG whose last scan (SOS marker FFDA) is not followed by an end-of-image marker (FFD9).
+    """A JPEG that ends before its image data (no SOS marker FFDA) or whose last scan is not followed by an
+    end-of-image marker (FFD9).
 
     Entropy-coded data never contains FFD9 (0xFF is byte-stuffed), so this is exact for a file cut inside its
     scan data. OpenCV 5 refuses such files anyway; OpenCV 4 returns a grey-filled image with only a warning.
     """
     raw = data.tobytes()
-    return raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda")
+    sos = raw.rfind(b"\xff\xda")
+    return sos < 0 or raw.rfind(b"\xff\xd9") < sos
 
 
 def read_image(path: str | Path) -> np.ndarray:
