@@ -664,7 +664,7 @@ def write_png(path: Path, rows: list[dict], tags: list[str]) -> None:
             if mean is None:
                 ax.text(i, 0, NA, ha="center", va="bottom")
                 continue
-            ax.bar(i, mean * scale, yerr=(std or 0) * scale, color=colors[i % len(colors)], capsize=4)
+            ax.bar(i, mean * scale, yerr=None if std is None else std * scale, color=colors[i % len(colors)], capsize=4)
         ax.set_title(title)
         ax.set_xticks(range(len(tags)), tags, rotation=20, ha="right", fontsize=8)
     n = len({r["seed"] for r in rows})

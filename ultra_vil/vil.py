@@ -96,7 +96,8 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, (x.shape[-1],), 1.0 + self.weight, self.bias, self.eps)
+        # the normalised shape comes from the parameter, not from x.shape: a traced shape breaks ONNX export
+        return F.layer_norm(x, self.weight.shape, 1.0 + self.weight, self.bias, self.eps)
 
 
 class MultiHeadNorm(nn.Module):
@@ -112,7 +113,8 @@ class MultiHeadNorm(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         B, NH, S, DH = h.shape
         x = h.transpose(1, 2).reshape(B * S, NH * DH)  # (B*S, E)
-        x = F.group_norm(x, NH, 1.0 + self.weight, self.bias, self.eps)
+        # num_groups from the module, not from h.shape: ONNX export needs it constant
+        x = F.group_norm(x, self.num_heads, 1.0 + self.weight, self.bias, self.eps)
         return x.reshape(B, S, NH * DH)  # (B, S, E)
 
 

@@ -38,10 +38,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")  # no display needed; also safe in DataLoader-forking processes
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train (mixup, smoothed)")
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train (augmented, soft targets)")
     ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.plot(epochs, [r["val_top1"] for r in history], "o-", label="val top-1")
@@ -50,6 +51,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax_acc.plot(epochs, [r["ema_val_top1"] for r in history], "o-", label="EMA val top-1")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
