@@ -188,7 +188,7 @@ def _parallel(q, k, v, i, logf, state, eps, return_state):
 
 
 def _chunkwise(q, k, v, i, logf, state, eps, L, return_state):
-    """Chunks of L steps: a short loop carries (C, n, m) across chunks, then all chunks run in parallel.
+    """Chunks of L steps: each chunk's summary, the state entering every chunk, then all chunks in parallel.
 
     The end is padded to a multiple of L with steps that neither write (input gate -inf) nor forget
     (log forget gate 0), so padding changes neither earlier outputs nor the final state. Memory is
@@ -215,22 +215,31 @@ def _chunkwise(q, k, v, i, logf, state, eps, L, return_state):
     C_loc = kw.transpose(-2, -1) @ vc  # (B, NH, NC, DK, DV)
     n_loc = kw.sum(-2)  # (B, NH, NC, DK)
 
-    # the state entering each chunk: a sequential scan over NC chunks of small (DK, DV) updates
-    if state is None:
-        state = empty_state(B, NH, DK, DV, dtype=q.dtype, device=q.device)
-    C, n, m = state
-    C_in, n_in, m_in = [], [], []
-    for c in range(NC):
-        C_in.append(C)
-        n_in.append(n)
-        m_in.append(m)
-        m_new = torch.maximum(g[..., c] + m, m_loc[..., c])  # (B, NH)
-        w_old = torch.exp(g[..., c] + m - m_new)  # (B, NH)  0 for the empty state
-        w_loc = torch.exp(m_loc[..., c] - m_new)  # (B, NH)
-        C = w_old[..., None, None] * C + w_loc[..., None, None] * C_loc[:, :, c]
-        n = w_old[..., None] * n + w_loc[..., None] * n_loc[:, :, c]
-        m = m_new
-    C_in, n_in, m_in = torch.stack(C_in, 2), torch.stack(n_in, 2), torch.stack(m_in, 2)  # (B, NH, NC, ...)
+    # the state entering each chunk c = 0..NC (NC: the final state), all at once: the scan over chunks is linear,
+    # so state c is a weighted sum of the chunk summaries j < c (and the initial state), with log weights
+    # decay(end of chunk j -> start of chunk c) + m_loc[j]; no Python loop, so compile does not unroll NC steps
+    # G is a sum over the whole sequence; differences of such sums lose digits in float32 once |G| is large
+    # (ulp(1e5) ~ 0.008 in the exponent), so the (small, O(NC^2)) log weights are formed in float64
+    G = g.double().cumsum(-1)  # (B, NH, NC)  decay from the start to the end of chunk c
+    Gex = F.pad(G, (1, 0))  # (B, NH, NC+1)  decay from the start to the start of chunk c
+    logw = (Gex[..., :, None] - G[..., None, :] + m_loc[..., None, :]).to(q.dtype)  # (B, NH, NC+1, NC)
+    before = torch.ones(NC + 1, NC, dtype=torch.bool, device=q.device).tril(-1)  # j < c
+    logw = logw.masked_fill(~before, float("-inf"))
+    m_in_all = logw.amax(-1)  # (B, NH, NC+1); -inf where nothing was written yet
+    if state is not None:
+        log_init = (Gex + state.m[..., None]).to(q.dtype)  # (B, NH, NC+1)
+        m_in_all = torch.maximum(m_in_all, log_init)
+    m_ref = torch.where(torch.isfinite(m_in_all), m_in_all, torch.zeros_like(m_in_all))  # no exp(-inf - -inf)
+    w_in = torch.exp(logw - m_ref[..., None])  # (B, NH, NC+1, NC)
+    C_all = (w_in @ C_loc.flatten(-2)).unflatten(-1, (DK, DV))  # (B, NH, NC+1, DK, DV)
+    n_all = w_in @ n_loc  # (B, NH, NC+1, DK)
+    if state is not None:
+        w0 = torch.exp(log_init - m_ref)  # (B, NH, NC+1)
+        C_all = C_all + w0[..., None, None] * state.C[:, :, None]
+        n_all = n_all + w0[..., None] * state.n[:, :, None]
+    # m_in stays -inf while the state is empty, so an empty state cannot move the stabiliser of any output
+    C_in, n_in, m_in = C_all[:, :, :NC], n_all[:, :, :NC], m_in_all[..., :NC]  # entering chunk c
+    last = MLSTMState(C_all[:, :, NC], n_all[:, :, NC], m_in_all[..., NC]) if return_state else None
 
     # outputs: the carried state plus the causal quadratic form inside each chunk
     log_state = Fc + m_in[..., None]  # (B, NH, NC, L)
@@ -244,7 +253,7 @@ def _chunkwise(q, k, v, i, logf, state, eps, L, return_state):
     num = Cmat @ vc + w[..., None] * (qc @ C_in)  # (B, NH, NC, L, DV)
     den = Cmat.sum(-1) + w * (qc @ n_in[..., None]).squeeze(-1)  # (B, NH, NC, L)
     h = _readout(num, den, m_t, eps).reshape(B, NH, NC * L, DV)[:, :, :S]  # (B, NH, S, DV)
-    return h, (MLSTMState(C, n, m) if return_state else None)
+    return h, last
 
 
 def _recurrent(q, k, v, i, logf, state, eps):

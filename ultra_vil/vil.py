@@ -134,8 +134,10 @@ class HeadwiseLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        x = x.reshape(*shape[:-1], -1, 1, self.block_size)  # (..., NB, 1, bs)
-        x = (x @ self.weight.transpose(-2, -1)).reshape(shape)  # (..., NB, 1, bs) -> (..., dim)
+        x = x.reshape(*shape[:-1], -1, self.block_size)  # (..., NB, bs)
+        # einsum runs as one batched matmul over the NB blocks; a broadcast `x @ W` would first materialise W
+        # once per token (measured 5-7x slower on CPU at 1600 tokens)
+        x = torch.einsum("...ni,noi->...no", x, self.weight).reshape(shape)  # (..., dim)
         return x if self.bias is None else x + self.bias
 
 
