@@ -196,8 +196,10 @@ class MLSTMMixer(nn.Module):
         B, S, E = x_m.shape
         H, W = grid
         if cls_index is None:
-            img = x_m.transpose(1, 2).reshape(B, E, H, W)  # (B, E, H, W)
-            return self.conv(img).flatten(2).transpose(1, 2)  # (B, S, E)
+            # (B, S, E) viewed as a channels-last (B, E, H, W) image: no copy in, and the conv answers in
+            # channels-last, so the way back is a view too
+            img = x_m.reshape(B, H, W, E).permute(0, 3, 1, 2)  # (B, E, H, W), channels-last strides
+            return self.conv(img).permute(0, 2, 3, 1).reshape(B, S, E)  # (B, S, E)
         patches = torch.cat([x_m[:, :cls_index], x_m[:, cls_index + 1 :]], 1)  # (B, H*W, E)
         out = self._conv(patches, grid, None)  # (B, H*W, E)
         k = self.conv.kernel_size[0] // 2
