@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"build_fashion_mnist.py: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {counts['train']} train + {counts['val']} val images to {args.out} in {time.perf_counter() - t0:.1f}s")
+    seconds = time.perf_counter() - t0
+    print(f"wrote {counts['train']} train + {counts['val']} val images to {args.out} in {seconds:.1f}s")
     return 0
 
 

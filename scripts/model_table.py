@@ -18,8 +18,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import logging
 import sys
 from pathlib import Path
 
@@ -41,11 +40,16 @@ def describe(cfg: str, direct: bool) -> dict:
     """Layers, parameters and GFLOPs of one model YAML (scale letter in the name, e.g. yolov8n-vil.yaml)."""
     import ultra_vil.yolo  # noqa: F401  registers the ViL modules even without the start-up hook
     from ultralytics import YOLO
+    from ultralytics.utils import LOGGER
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)  # keep the model tables out of the output; info() still returns its numbers
+    try:
         model = YOLO(cfg)
-    layers, params, _, gflops = model.info(verbose=False)
-    row = dict(model=Path(cfg).stem, layers=layers, params=params, gflops=gflops)
+        layers, params, gradients, gflops = model.info(verbose=True)  # the numbers of Ultralytics' summary line
+    finally:
+        LOGGER.setLevel(level)
+    row = dict(model=Path(cfg).stem, layers=layers, params=params, gradients=gradients, gflops=gflops)
     if direct:
         row["direct"] = direct_gflops(model.model.eval())
     return row
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for name, s, r in rows:
             print(f"{name} {s}: # {r['model']} summary: {r['layers']} layers, {r['params']} parameters, "
-                  f"{r['params']} gradients, {r['gflops']:.1f} GFLOPs")
+                  f"{r['gradients']} gradients, {r['gflops']:.1f} GFLOPs")
     return 0
 
 

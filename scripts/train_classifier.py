@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError) as e:
         print(f"train_classifier.py: error: {e}", file=sys.stderr)
         return 1
-    if args.eval_only:
+    if args.eval_only and env_rank() == 0:
         for name, m in results.items():
             print(f"{name}: top-1 {m['val_top1']:.2f}  top-5 {m['val_top5']:.2f}  "
                   f"({m['val_images']} images, loss {m['val_loss']:.4f})")

@@ -227,7 +227,7 @@ def test_kill_and_resume_gives_identical_weights(shapes, tmp_path):
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
     rows_a, rows_b = read_metrics(full / "metrics.csv"), read_metrics(cut / "metrics.csv")
     assert [r["epoch"] for r in rows_b] == ["1", "2", "3"]  # no row lost or repeated
-    for ra, rb in zip(rows_a, rows_b):
+    for ra, rb in zip(rows_a, rows_b, strict=True):
         for key in ("train_loss", "val_loss", "val_top1", "val_top5", "lr"):
             assert ra[key] == rb[key], (ra["epoch"], key)
 
@@ -291,7 +291,7 @@ def _copy_small(shapes: Path, dst: Path, n_train: int = 16, n_val: int = 4) -> P
 
 def _corrupt_files(data: Path) -> list[Path]:
     noise = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    ok, jpg = cv2.imencode(".jpg", noise)
+    _, jpg = cv2.imencode(".jpg", noise)
     bad = {
         data / "train" / "red_circle" / "truncated.jpg": jpg.tobytes()[: len(jpg) // 2],
         data / "train" / "green_square" / "garbage.png": b"this is not an image" * 20,
@@ -358,7 +358,7 @@ def test_read_image_reasons(tmp_path):
     grey = tmp_path / "grey.png"
     cv2.imwrite(str(grey), np.full((5, 7), 200, np.uint8))
     assert read_image(grey).shape == (5, 7, 3)
-    ok, jpg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    _, jpg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     cases = {"cut.jpg": (jpg.tobytes()[:-300], "truncated JPEG"), "junk.jpg": (b"abc" * 50, "cannot decode"),
              "empty.png": (b"", "empty file")}
     for name, (content, reason) in cases.items():
@@ -509,7 +509,7 @@ def test_warmup_cosine_schedule():
     assert s(60) == pytest.approx((1e-3 + 1e-6) / 2)
     assert s(110) == pytest.approx(1e-6) and s(500) == pytest.approx(1e-6)
     values = [s(t) for t in range(10, 111)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
 def test_mixup_cutmix_targets():
@@ -569,3 +569,48 @@ def test_rng_states_round_trip_through_weights_only(tmp_path):
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
     assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]  # no temp file left behind
+
+
+def test_tensorboard_scalars(shapes, tmp_path):
+    """With the optional tensorboard package installed, each epoch's metrics go to <out-dir>/tensorboard."""
+    pytest.importorskip("torch.utils.tensorboard")
+    out = tmp_path / "tb"
+    argv = TINY + ["--data", str(shapes), "--out-dir", str(out), "--epochs", "1", "--batch-size", "32"]
+    assert train_classifier.main(argv) == 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# ------------------------------------------------------------------------------------------------ embedded data
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    import gzip
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_builder(tmp_path):
+    """The builder turns the Debian package's IDX files into train/ and val/ ImageFolders, the first N per class."""
+    from ultra_vil.data.fashion_mnist import CLASS_NAMES, build_image_folder, read_idx
+
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        _write_idx(source / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(source / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    counts = build_image_folder(tmp_path / "fm", source, train_per_class=2, val_per_class=None)
+    assert counts == {"train": 20, "val": 20}
+    index = scan_image_folder(tmp_path / "fm", "train")
+    assert index.classes == [f"{i}_{n}" for i, n in enumerate(CLASS_NAMES)]  # sorted order = official labels
+    first = cv2.imread(str(tmp_path / "fm" / "train" / "0_t-shirt_top" / "train_00000.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(first, read_idx(source / "train-images-idx3-ubyte.gz")[0])
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        build_image_folder(tmp_path / "x", tmp_path / "missing")
+    (source / "bad.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="bad.gz"):
+        read_idx(source / "bad.gz")
+    real = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
+    if real.is_file():  # the installed package, when present: 60,000 labels, 6,000 per class
+        assert np.bincount(read_idx(real)).tolist() == [6000] * 10

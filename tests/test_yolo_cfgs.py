@@ -167,7 +167,7 @@ def test_forward_square_and_rectangular(cfg):
         assert out["scores"].shape[-1] == anchors
 
 
-@pytest.mark.parametrize("name", ["yolov8-vil.yaml", "yolov8-vil-all.yaml"])
+@pytest.mark.parametrize("name", ["yolov8-vil.yaml", "yolov8-vil-all.yaml"])  # all: every ViLC2f + a ViLStage
 def test_backward_reaches_every_vil_parameter(name):
     """A loss on the head outputs gives a non-zero gradient to every parameter inside every ViL module."""
     model = build(scaled(ROOT / "cfg" / name, "n")).train()  # own copy: gradients accumulate
@@ -208,15 +208,15 @@ def test_vil_channels_match_input_at_scale_n(cfg):
             assert c_out == c_in
 
 
-def test_recommended_stage_channels_at_scale_n():
-    """The recommended YAML's ViLStage follows SPPF at scale n: 256 channels in and out."""
-    model = model_n(ROOT / "cfg" / "yolov8-vil.yaml")
+def test_stage_channels_at_scale_n():
+    """The ViLStage of the "all" YAML follows SPPF: at scale n 256 channels in and out (YAML 1024 x width 0.25)."""
+    model = model_n(ROOT / "cfg" / "yolov8-vil-all.yaml")
     stages = [m for m in model.model if isinstance(m, ViLStage)]
     assert stages and all((m.c1, m.c2) == (256, 256) for m in stages)
 
 
 def _yaml_with_row(tmp_path: Path, index: int, row: list) -> Path:
-    d = yaml.safe_load((ROOT / "cfg" / "yolov8-vil.yaml").read_text())
+    d = yaml.safe_load((ROOT / "cfg" / "yolov8-vil-all.yaml").read_text())  # row 8: ViLC2f, row 10: ViLStage
     rows = d["backbone"] + d["head"]
     rows[index] = row
     d["backbone"], d["head"] = rows[: len(d["backbone"])], rows[len(d["backbone"]) :]
@@ -250,7 +250,7 @@ def test_wrong_arguments_name_layer_module_and_argument(tmp_path, index, row, ex
 
 def test_stock_errors_pass_through_unchanged(tmp_path):
     """Errors in rows that are not ours are not rewritten (an unknown module name stays Ultralytics' KeyError)."""
-    path = _yaml_with_row(tmp_path, 2, [-1, 3, "NoSuchModule", [128]])
+    path = _yaml_with_row(tmp_path, 3, [-1, 1, "NoSuchModule", [256, 3, 2]])
     with pytest.raises(KeyError, match="NoSuchModule"):
         tasks.DetectionModel(str(path), nc=2, verbose=False)
 
@@ -270,3 +270,19 @@ def test_module_arguments_direct():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         copy.deepcopy(c2f)  # ModelEMA deep-copies the model
+
+
+def test_stage_is_block_pairs_on_row_major_tokens():
+    """ViLStage is exactly its ViL block pairs applied to the map's row-major tokens over the runtime (H, W) grid:
+    a flatten / reshape bug (e.g. H and W swapped on a rectangular map) would fail this."""
+    torch.manual_seed(0)
+    stage = ViLStage(16, 16, 2).eval()
+    with torch.no_grad():
+        for p in stage.parameters():  # move away from the init (zero gate weights hide token-order bugs)
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 16, 3, 5)
+    seq = x.permute(0, 2, 3, 1).reshape(2, 15, 16)  # token t = (row t // 5, column t % 5)
+    with torch.no_grad():
+        for pair in stage.pairs:
+            seq = pair(seq, (3, 5))
+        torch.testing.assert_close(stage(x), seq.reshape(2, 3, 5, 16).permute(0, 3, 1, 2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,9 @@ def run(args: list[str], tmp: Path, check: bool = True, **env) -> subprocess.Com
 
 
 def yolo(*args: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("yolo")), *args]
+    """The stock `yolo` entry point of this environment."""
+    exe = Path(sys.executable).with_name("yolo")
+    return [str(exe) if exe.exists() else shutil.which("yolo") or "yolo", *args]
 
 
 def write_tiny_set(root: Path, n: int = 4, size: int = 64) -> Path:
@@ -80,8 +83,7 @@ def trained(tmp_path_factory):
 
 def test_train_builds_vil_modules_from_yaml(trained):
     """The training log lists our modules (from the YAML, not from a checkpoint) and a finished run."""
-    assert "ultra_vil.yolo.modules.ViLC2f" in trained["log"]
-    assert "ultra_vil.yolo.modules.ViLStage" in trained["log"]
+    assert trained["log"].count("ultra_vil.yolo.modules.ViLC2f") >= 2  # layers 6 and 8 of the model table
     assert "1 epochs completed" in trained["log"]
 
 
@@ -113,27 +115,29 @@ def test_checkpoint_pickles_our_classes_and_loads_safely(trained):
 
 
 def test_onnx_export_matches_pytorch(trained):
-    """`yolo export format=onnx` succeeds and onnxruntime's output matches the PyTorch model's."""
+    """`yolo export format=onnx dynamic=True` succeeds; onnxruntime matches PyTorch at 64 x 64 and 64 x 96."""
     ort = pytest.importorskip("onnxruntime")
     import torch
     from ultralytics import YOLO
 
     tmp, best = trained["tmp"], trained["best"]
-    run(yolo("export", f"model={best}", "format=onnx", "imgsz=64", "device=cpu"), tmp)
+    run(yolo("export", f"model={best}", "format=onnx", "imgsz=64", "dynamic=True", "device=cpu"), tmp)
     onnx_path = best.with_suffix(".onnx")
     assert onnx_path.exists()
     model = YOLO(str(best)).model.float().fuse().eval()  # export exports the fused float model
-    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = model(x)
-    ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    out = np.concatenate([session.run(None, {name: x[i : i + 1].numpy()})[0] for i in range(len(x))])  # batch 1 graph
-    assert out.shape == ref.shape
-    diff = float(np.abs(out - ref).max())
-    print(f"ONNX vs PyTorch max abs diff {diff:.3g} (outputs up to {np.abs(ref).max():.3g})")
-    assert diff < ONNX_MAX_ABS_DIFF
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((64, 64), (64, 96)):
+        x = torch.rand(2, 3, h, w, generator=g)
+        with torch.no_grad():
+            ref = model(x)
+        ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).numpy()
+        out = session.run(None, {name: x.numpy()})[0]
+        assert out.shape == ref.shape
+        diff = float(np.abs(out - ref).max())
+        print(f"ONNX vs PyTorch at {h}x{w}: max abs diff {diff:.3g} (outputs up to {np.abs(ref).max():.3g})")
+        assert diff < ONNX_MAX_ABS_DIFF
 
 
 def test_hook_is_what_makes_the_cli_work(tmp_path):

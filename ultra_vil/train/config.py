@@ -11,6 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
 import yaml
 
 from ultra_vil.classifier import VARIANTS
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML file whose keys (argparse names) replace these defaults")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, help="ImageFolder root with train/<class>/* and val/<class>/*")
-    g.add_argument("--workers", type=int, help="loader processes per training process (default: min(8, cores))")
+    g.add_argument("--workers", type=int,
+                   help="loader processes per training process (default: min(8, cores) on GPU; 0 on CPU, where they "
+                        "would compete with the compute threads)")
     g.add_argument("--max-bad-fraction", type=float, default=0.01,
                    help="fail if more than this fraction of an epoch's images cannot be read")
     g.add_argument("--aug", choices=AUGMENTATIONS, default="3aug",
@@ -209,9 +212,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = PAPER_EPOCHS.get(args.model, 400)
-    if args.workers is None:
+    if args.workers is None:  # GPU: loader processes keep it fed; CPU: the cores are better spent on the math
+        on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
         per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        args.workers = max(0, min(8, per_process))
+        args.workers = max(0, min(8, per_process)) if on_gpu else 0
     args.betas, args.rrc_scale = tuple(args.betas), tuple(args.rrc_scale)
     errors = validate(args)
     if errors:

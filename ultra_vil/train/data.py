@@ -19,6 +19,7 @@ workers see the epoch without any shared state.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -343,11 +344,17 @@ def make_loader(
     )
 
 
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255  # (1, 3, 1, 1) in uint8 units
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+    return mean, std
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) on any device -> float32 normalised with the ImageNet mean and std.
 
     Done on the training device rather than in the workers: a uint8 batch is a quarter of the bytes to move.
     """
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(images.device)
     return (images.float() - mean) / std
