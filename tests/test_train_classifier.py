@@ -166,9 +166,10 @@ def test_eval_only_prints_top1_top5(trained, shapes, capsys):
     assert top1 == pytest.approx(float(read_metrics(trained / "metrics.csv")[-1]["val_top1"]), abs=0.01)
 
 
-def test_finetune_at_another_resolution_with_stride_8(trained, shapes, tmp_path, caplog):
-    """--finetune from a 32 px, stride-8 run to 48 px with stride 4 (the long-sequence recipe, halved): the
-    position embedding is resized (4x4 -> 11x11) and the run trains; new classes get a new head."""
+def test_finetune_at_another_resolution_with_overlapping_patches(trained, shapes, tmp_path, caplog):
+    """--finetune from a 32 px run with 8 px patches to 48 px with stride 4 (the long-sequence recipe's patch 16 /
+    stride 8, at half scale): the position embedding is resized (4x4 -> 11x11) and the run trains with layer-wise
+    lr decay; other classes get a new head."""
     two_class = tmp_path / "two"
     for split in ("train", "val"):
         for name in sorted(SHAPES)[:2]:

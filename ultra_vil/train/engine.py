@@ -436,7 +436,7 @@ class Trainer:
                 if tb is not None:
                     tb.scalars(row, epoch + 1)
                 LOGGER.info(
-                    "epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f  top5 %.2f%s  lr %.3g  %.0f img/s  "
+                    "epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f  top5 %.2f%s  lr %.3g  %.4g img/s  "
                     "%.1fs%s", epoch + 1, args.epochs, row["train_loss"], row["val_loss"], row["val_top1"],
                     row["val_top5"], f"  ema_top1 {row['ema_val_top1']:.2f}" if self.ema is not None else "",
                     row["lr"], row["img_per_s"], row["time_s"], "  *best" if is_best else "",
