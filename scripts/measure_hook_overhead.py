@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for case, code in CASES.items():
         wall(code, True), wall(code, False)  # warm the file cache
         for r in range(args.rounds):
-            for hook in ((True, False) if r % 2 == 0 else (False, True)):  # alternate the order
+            for hook in (True, False) if r % 2 == 0 else (False, True):  # alternate the order
                 samples[(case, hook)].append(wall(code, hook))
     importtime = hook_import_us(args.rounds)
 

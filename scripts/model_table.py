@@ -38,9 +38,10 @@ def direct_gflops(model: torch.nn.Module, imgsz: int = 640) -> float:
 
 def describe(cfg: str, direct: bool) -> dict:
     """Layers, parameters and GFLOPs of one model YAML (scale letter in the name, e.g. yolov8n-vil.yaml)."""
-    import ultra_vil.yolo  # noqa: F401  registers the ViL modules even without the start-up hook
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER
+
+    import ultra_vil.yolo  # noqa: F401  registers the ViL modules even without the start-up hook
 
     level = LOGGER.level
     LOGGER.setLevel(logging.WARNING)  # keep the model tables out of the output; info() still returns its numbers
@@ -58,7 +59,9 @@ def describe(cfg: str, direct: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", nargs="+", default=["n", "s"], help="scale letters")
-    parser.add_argument("--cfg", nargs="+", type=Path, help="model YAMLs without scale letter (default: cfg/yolov8-vil*.yaml)")
+    parser.add_argument(
+        "--cfg", nargs="+", type=Path, help="model YAMLs without scale letter (default: cfg/yolov8-vil*.yaml)"
+    )
     parser.add_argument("--no-direct", action="store_true", help="skip the direct 640 px FLOP count (faster)")
     parser.add_argument("--summaries", action="store_true", help="also print each YAML's per-scale summary lines")
     args = parser.parse_args(argv)
@@ -78,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.summaries:
         print()
         for name, s, r in rows:
-            print(f"{name} {s}: # {r['model']} summary: {r['layers']} layers, {r['params']} parameters, "
-                  f"{r['gradients']} gradients, {r['gflops']:.1f} GFLOPs")
+            print(
+                f"{name} {s}: # {r['model']} summary: {r['layers']} layers, {r['params']} parameters, "
+                f"{r['gradients']} gradients, {r['gflops']:.1f} GFLOPs"
+            )
     return 0
 
 

@@ -48,8 +48,13 @@ def vil_layers(model) -> list[torch.nn.Module]:
 def test_cfg_files_exist():
     """The recommended YAML and the four placement variants of issue 3 are present."""
     names = {p.name for p in CFGS}
-    assert {"yolov8-vil.yaml", "yolov8-vil-p5.yaml", "yolov8-vil-backbone.yaml", "yolov8-vil-neck.yaml",
-            "yolov8-vil-all.yaml"} <= names
+    assert {
+        "yolov8-vil.yaml",
+        "yolov8-vil-p5.yaml",
+        "yolov8-vil-backbone.yaml",
+        "yolov8-vil-neck.yaml",
+        "yolov8-vil-all.yaml",
+    } <= names
 
 
 def test_registration_applied():
@@ -94,7 +99,7 @@ def test_recompile_fails_loudly_if_parser_changed():
     fake = types.ModuleType("ultralytics.nn.tasks")
 
     def parse_model(d, ch, verbose=True):  # no base_modules / repeat_modules
-        for i, (f, n, m, args) in enumerate(d["backbone"]):
+        for i, (f, n, m, args) in enumerate(d["backbone"]):  # noqa: B007  the loop locals register.py reads
             pass
 
     fake.parse_model = parse_model

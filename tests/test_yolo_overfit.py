@@ -67,14 +67,35 @@ def test_overfit_two_tiles(two_tiles):
     model.add_callback("on_train_start", lambda trainer: snapshots.setdefault("start", vil_parameters(trainer.model)))
     model.add_callback("on_train_end", lambda trainer: snapshots.setdefault("end", vil_parameters(trainer.model)))
     metrics = model.train(
-        data=str(two_tiles / "data.yaml"), epochs=50, imgsz=192, batch=2, nbs=2, device="cpu", workers=0, seed=0,
-        warmup_epochs=0, mosaic=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.0,
-        val=False, plots=False, project=str(two_tiles / "runs"), name="overfit", exist_ok=True, verbose=False,
+        data=str(two_tiles / "data.yaml"),
+        epochs=50,
+        imgsz=192,
+        batch=2,
+        nbs=2,
+        device="cpu",
+        workers=0,
+        seed=0,
+        warmup_epochs=0,
+        mosaic=0.0,
+        fliplr=0.0,
+        hsv_h=0.0,
+        hsv_s=0.0,
+        hsv_v=0.0,
+        scale=0.0,
+        translate=0.0,
+        val=False,
+        plots=False,
+        project=str(two_tiles / "runs"),
+        name="overfit",
+        exist_ok=True,
+        verbose=False,
     )
     results = two_tiles / "runs" / "overfit" / "results.csv"
     rows = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(results.open())]
     loss = [r["train/box_loss"] + r["train/cls_loss"] + r["train/dfl_loss"] for r in rows]
-    print(f"overfit: loss {loss[0]:.3f} -> {loss[-1]:.3f}, mAP50 {metrics.box.map50:.3f}, mAP50-95 {metrics.box.map:.3f}")
+    print(
+        f"overfit: loss {loss[0]:.3f} -> {loss[-1]:.3f}, mAP50 {metrics.box.map50:.3f}, mAP50-95 {metrics.box.map:.3f}"
+    )
     assert loss[-1] < LOSS_RATIO_MAX * loss[0]
     assert metrics.box.map50 >= MAP50_MIN
 

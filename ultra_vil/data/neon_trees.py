@@ -85,7 +85,18 @@ def fetch_wheel(cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     wheel = cache / WHEEL
     if not wheel.exists():
-        cmd = [sys.executable, "-m", "pip", "download", PACKAGE, "--no-deps", "--only-binary", ":all:", "-d", str(cache)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            PACKAGE,
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "-d",
+            str(cache),
+        ]
         print(f"neon-trees: {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True)
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
@@ -197,7 +208,9 @@ def build(root: str | Path = "datasets/neon-trees", wheel: str | Path | None = N
                         name = f"{stem}_y{y0:04d}_x{x0:04d}"
                         image.crop((x0, y0, x1, y1)).save(root / "images" / split / f"{name}.png")
                         (root / "labels" / split / f"{name}.txt").write_text(yolo_lines(kept, x1 - x0, y1 - y0))
-                        tiles.append(dict(file=name, split=split, source=stem, window=[x0, y0, x1, y1], boxes=len(kept)))
+                        tiles.append(
+                            dict(file=name, split=split, source=stem, window=[x0, y0, x1, y1], boxes=len(kept))
+                        )
         if (n_images, n_boxes) != (EXPECTED_IMAGES, EXPECTED_BOXES):
             raise ValueError(
                 f"{wheel}: expected {EXPECTED_IMAGES} annotated images with {EXPECTED_BOXES} boxes, "

@@ -104,7 +104,9 @@ class ViLStage(nn.Module):
         _check_width(name, "c1", c1, c1, expansion, "channels")
         self.c1, self.c2, self.n = c1, c2, n
         self.pairs = nn.ModuleList(
-            ViLBlockPair(c1, drop_path=drop_path, expansion=expansion, num_heads=NUM_HEADS, qkv_block_size=QKV_BLOCK_SIZE)
+            ViLBlockPair(
+                c1, drop_path=drop_path, expansion=expansion, num_heads=NUM_HEADS, qkv_block_size=QKV_BLOCK_SIZE
+            )
             for _ in range(n)
         )
 
@@ -142,7 +144,11 @@ class ViLC2f(nn.Module):
         _check_int(name, "c2", c2, 1)
         _check_int(name, "n", n, 1)
         if isinstance(e, bool) or not isinstance(e, Real) or not 0.0 < e <= 1.0:
-            hint = " (ViLC2f has no 'shortcut' argument: its ViL blocks are always residual)" if isinstance(e, bool) else ""
+            hint = (
+                " (ViLC2f has no 'shortcut' argument: its ViL blocks are always residual)"
+                if isinstance(e, bool)
+                else ""
+            )
             raise ViLArgumentError(name, "e", e, f"a hidden-channel ratio in (0, 1]{hint}")
         _check_int(name, "expansion", expansion, 1)
         _check_ratio(name, "drop_path", drop_path, 0.0, 1.0)

@@ -68,7 +68,7 @@ def register(tasks: ModuleType | None = None) -> ModuleType:
             has the structure this file relies on.
     """
     if tasks is None:
-        import ultralytics.nn.tasks as tasks
+        from ultralytics.nn import tasks
     check_ultralytics_version()
     for name, cls in MODULES.items():
         existing = tasks.__dict__.get(name)
@@ -85,7 +85,7 @@ def register(tasks: ModuleType | None = None) -> ModuleType:
         wrapper = _with_layer_errors(patched, tasks.parse_model)
         tasks.parse_model = wrapper
         nn_pkg = _loaded_module("ultralytics.nn")  # re-exports parse_model; keep the re-export in step
-        if nn_pkg is not None and getattr(nn_pkg, "parse_model", None) is getattr(wrapper, "_ultra_vil_original"):
+        if nn_pkg is not None and getattr(nn_pkg, "parse_model", None) is wrapper._ultra_vil_original:
             nn_pkg.parse_model = wrapper
     torch.serialization.add_safe_globals(module_classes())
     return tasks
@@ -178,8 +178,13 @@ def _recompile_parse_model(tasks: ModuleType) -> FunctionType:
     func = tree.body[0] if tree.body else None
     if not isinstance(func, ast.FunctionDef) or func.name != "parse_model":
         raise RuntimeError(f"ultra-vil: {where} is not a plain function definition; its internals changed")
-    loop_names = {n.id for loop in ast.walk(func) if isinstance(loop, ast.For) for n in ast.walk(loop.target)
-                  if isinstance(n, ast.Name)}
+    loop_names = {
+        n.id
+        for loop in ast.walk(func)
+        if isinstance(loop, ast.For)
+        for n in ast.walk(loop.target)
+        if isinstance(n, ast.Name)
+    }
     missing = [name for name in _LOOP_LOCALS if name not in loop_names]
     if missing:
         raise RuntimeError(f"ultra-vil: {where} has no layer loop over {missing}; its internals changed")
