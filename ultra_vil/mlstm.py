@@ -54,12 +54,12 @@ def empty_state(B: int, NH: int, DK: int, DV: int, *, dtype: torch.dtype, device
     )
 
 
-def select_backend(S: int, device: torch.device | str, dtype: torch.dtype, *, need_state: bool = False) -> str:
+def select_backend(S: int, device: torch.device | str, dtype: torch.dtype) -> str:
     """The backend `auto` runs for a sequence of S steps on `device` (rules measured by scripts/benchmark.py).
 
     The quadratic form wins for short sequences; past `PARALLEL_MAX_SEQ[device]` the chunkwise form is both
     faster and the only one whose memory stays linear in S. float64 follows the same rules (it is only used
-    for validation). `need_state` does not change the choice: every backend can return the final state.
+    for validation). Every backend can return the final state, so `return_state` does not change the choice.
     """
     device_type = torch.device(device).type
     limit = PARALLEL_MAX_SEQ.get(device_type, PARALLEL_MAX_SEQ["cpu"])
@@ -113,7 +113,7 @@ def mlstm(
     B, NH, S, DK = q.shape
     DV = v.shape[-1]
     if backend == "auto":
-        backend = select_backend(S, q.device, q.dtype, need_state=return_state)
+        backend = select_backend(S, q.device, q.dtype)
 
     compute_dtype = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
     with torch.autocast(q.device.type, enabled=False):
