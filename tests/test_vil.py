@@ -5,6 +5,8 @@ neighbourhood sums for the conv, einsum for the block-diagonal projections, the 
 test_mlstm, a hand-written group norm. Grids are rectangular (H != W) so that a transposed reshape cannot pass.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -199,3 +201,28 @@ def test_reference_initialisation():
     assert torch.equal(mixer.learnable_skip, torch.ones(384))
     assert abs(layer.proj_up.weight.std().item() - (2 / (5 * 192)) ** 0.5) < 0.005  # small_init
     assert abs(layer.proj_down.weight.std().item() - 2 / 192**0.5) < 0.01  # wang_init, num_blocks = 1
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "vil_fixture.pth"
+FIXTURE_MODELS = {  # name -> constructor, as in tests/fixtures/make_vil_fixture.py
+    "pair": lambda: ViLBlockPair(16),
+    "cls": lambda: ViLStack(8, 2, "alternating"),
+    "quad": lambda: ViLStack(8, 1, "quaddirectional"),
+}
+
+
+@pytest.mark.parametrize("name", list(FIXTURE_MODELS))
+def test_checkpoint_of_commit_3c73528_gives_identical_outputs(name):
+    """State dicts saved by the code of commit 3c73528 load strictly and give its float64 outputs.
+
+    The fixture covers row_fwd and row_bwd (the pair), the middle-CLS path and the column traversals; its
+    parameters are all perturbed from the init, so gates, skip and norms all take part.
+    """
+    saved = torch.load(FIXTURE, weights_only=True)[name]
+    model = FIXTURE_MODELS[name]().double().eval()
+    assert list(model.state_dict()) == list(saved["state_dict"])  # the names and their order are the contract
+    model.load_state_dict(saved["state_dict"], strict=True)
+    with torch.no_grad():
+        args = (saved["grid"],) if saved["cls_index"] is None else (saved["grid"], saved["cls_index"])
+        y = model(saved["x"], *args)
+    torch.testing.assert_close(y, saved["y"], rtol=1e-12, atol=1e-12)
