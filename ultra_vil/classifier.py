@@ -117,12 +117,24 @@ class VisionLSTM(nn.Module):
         """Parameter names the recipe exempts from weight decay besides norms and biases."""
         return {"pos_embed", "cls_token"}
 
+    def check_input_size(self, size: tuple[int, int]) -> None:
+        """Raise ValueError unless an (H, W) input tiles exactly into patches: the patch conv would silently drop
+        the rest (64 x 100 with patch 16 is read as its 64 x 96 crop) or fail with a bare conv error."""
+        k, s = self.patch_size, self.patch_stride
+        if any(side < k or (side - k) % s for side in size):
+            fit = " x ".join(str(k + max(side - k, 0) // s * s) for side in size)
+            raise ValueError(
+                f"input size {size[0]} x {size[1]} does not tile into patches of {k} with stride {s}: each side must "
+                f"be {k} + a multiple of {s} (resize, crop or pad, e.g. to {fit})"
+            )
+
     def forward_features(self, x: Tensor, as_map: bool = False) -> Tensor:
         """Tokens after the final norm: (B, C, H, W) -> (B, S, D), or the (B, D, H', W') map with `as_map`."""
         if x.dim() != 4 or x.shape[1] != self.patch_embed.in_channels:
             raise ValueError(
                 f"expected images (B, {self.patch_embed.in_channels}, H, W), got shape {tuple(x.shape)}"
             )
+        self.check_input_size(tuple(x.shape[-2:]))
         x = self.patch_embed(x)  # (B, D, H', W')
         B, D, H, W = x.shape
         x = x.permute(0, 2, 3, 1) + interpolate_pos_embed(self.pos_embed, (H, W))  # (B, H', W', D)
@@ -146,7 +158,9 @@ class VisionLSTM(nn.Module):
             return (x[:, 0] + x[:, -1]) / 2
         if self.pooling == "mean":
             return x.mean(1)
-        return x[:, x.shape[1] // 2]  # middle_patch, or the CLS token inserted there (middle_cls)
+        if self.pooling == "middle_cls":
+            return x[:, (x.shape[1] - 1) // 2]  # the CLS token, inserted at S // 2 of the S + 1 tokens
+        return x[:, x.shape[1] // 2]  # middle_patch
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.forward_features(x)))
