@@ -153,6 +153,50 @@ def test_state_carries_over(backend):
     assert rel_err(last.C, C) < 1e-10 and rel_err(last.n, n) < 1e-10
 
 
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("backend,chunk_size", CASES)
+@pytest.mark.parametrize("S", [1, 7, 64, 65])
+def test_reverse_equals_flipped(backend, chunk_size, S, with_state):
+    """reverse=True is the forward scan of the flipped sequence, flipped back (float64, outputs, all five gradients
+    and the final state); initial_state enters before step S-1 and the returned state is the one after step 0."""
+    inputs = make_inputs(S, seed=7)
+    state = None
+    if with_state:  # a non-trivial state: the one a forward scan over other inputs ends with
+        state = reference(*make_inputs(9, seed=8))[1]
+    grad_out = torch.randn(B, NH, S, DV, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    results = []
+    for reverse in (False, True):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        args = leaves if reverse else [t.flip(2) for t in leaves]
+        h, last = mlstm(*args, backend=backend, chunk_size=chunk_size, initial_state=state, return_state=True,
+                        reverse=reverse)
+        h = h if reverse else h.flip(2)
+        (h * grad_out).sum().backward()
+        results.append((h, last, [t.grad for t in leaves]))
+    (h_flip, st_flip, g_flip), (h_rev, st_rev, g_rev) = results
+    assert rel_err(h_rev, h_flip) < 1e-12
+    for name, a, b in zip("q k v igate fgate".split(), g_rev, g_flip):
+        assert rel_err(a, b) < 1e-12, f"grad of {name}"
+    for a, b in zip(st_rev, st_flip):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if S > 1:  # ...and it is not the forward scan (the test can fail)
+        assert not torch.allclose(h_rev, mlstm(*inputs, backend=backend, chunk_size=chunk_size, initial_state=state))
+
+
+def test_reverse_is_anticausal():
+    """With reverse, changing step t leaves all later outputs bit-identical (the traversal reaches them first)."""
+    S, t = 65, 30
+    inputs = make_inputs(S, torch.float32)
+    changed = [x.clone() for x in inputs]
+    for x in changed:
+        x[:, :, t] += 1.5
+    for backend, cs in CASES:
+        h = mlstm(*inputs, backend=backend, chunk_size=cs, reverse=True)
+        h2 = mlstm(*changed, backend=backend, chunk_size=cs, reverse=True)
+        assert torch.equal(h[:, :, t + 1 :], h2[:, :, t + 1 :]), backend
+        assert not torch.allclose(h[:, :, t], h2[:, :, t])
+
+
 def test_padding_never_changes_results():
     """Chunk sizes that do not divide S (the end is padded) give the same numbers as ones that do."""
     q, k, v, i, f = make_inputs(130)
@@ -178,7 +222,7 @@ def test_bad_arguments_raise():
 
 def test_auto_dispatch_rules():
     """`auto` runs the quadratic form for short sequences and the linear-memory chunkwise form for long ones."""
-    assert set(BACKENDS) == {"auto", "parallel", "chunkwise", "recurrent"}
+    assert set(BACKENDS) == {"auto", "parallel", "chunkwise", "recurrent", "triton"}
     for device, limit in PARALLEL_MAX_SEQ.items():
         assert select_backend(1, device, torch.float32) == "parallel"
         assert select_backend(limit, device, torch.float32) == "parallel"

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "parallel", "chunkwise", "recurrent")
+BACKENDS = ("auto", "parallel", "chunkwise", "recurrent", "triton")
 
 # `auto` uses the quadratic form up to this many steps and the chunkwise form above it. CPU: measured with
 # scripts/benchmark.py --only mlstm (fwd+bwd, B=8, NH=4, DH=64, fp32, 2 cores): parallel 18 ms vs chunkwise 22 ms
@@ -78,6 +78,7 @@ def mlstm(
     eps: float = 1e-6,
     initial_state: tuple[Tensor, Tensor, Tensor] | None = None,
     return_state: bool = False,
+    reverse: bool = False,
 ) -> Tensor | tuple[Tensor, MLSTMState]:
     """Causal mLSTM over a whole sequence.
 
@@ -91,10 +92,13 @@ def mlstm(
         eps: Added to the normaliser.
         initial_state: (C, n, m) to continue from, as returned with `return_state=True`; None is the empty state.
         return_state: Also return the state after the last step.
+        reverse: Traverse the sequence from step S-1 to step 0: exactly the flipped inputs' result, flipped back,
+            without the flipping copies. initial_state is then the state before step S-1 and the returned state
+            the one after step 0.
 
     Returns:
         h, (B, NH, S, DV) in v's dtype; with `return_state`, (h, MLSTMState) with the state in the compute dtype.
-        Row t of h depends only on steps 0..t.
+        Row t of h depends only on steps 0..t (steps t..S-1 with `reverse`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown mLSTM backend {backend!r}; expected one of {BACKENDS}")
@@ -114,6 +118,8 @@ def mlstm(
     DV = v.shape[-1]
     if backend == "auto":
         backend = select_backend(S, q.device, q.dtype)
+    if backend == "triton":
+        return _triton(q, k, v, igate, fgate, chunk_size, eps, initial_state, return_state, reverse)
 
     compute_dtype = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
     with torch.autocast(q.device.type, enabled=False):
@@ -134,12 +140,30 @@ def mlstm(
             h = v_.new_zeros(B, NH, 0, DV)
             last = state if state is not None else empty_state(B, NH, DK, DV, dtype=compute_dtype, device=q.device)
         elif backend == "parallel":
-            h, last = _parallel(q_, k_, v_, i_, logf, state, eps, return_state)
+            h, last = _parallel(q_, k_, v_, i_, logf, state, eps, return_state, reverse)
         elif backend == "chunkwise":
-            h, last = _chunkwise(q_, k_, v_, i_, logf, state, eps, chunk_size, return_state)
+            h, last = _chunkwise(q_, k_, v_, i_, logf, state, eps, chunk_size, return_state, reverse)
         else:
-            h, last = _recurrent(q_, k_, v_, i_, logf, state, eps)
+            h, last = _recurrent(q_, k_, v_, i_, logf, state, eps, reverse)
     h = h.to(v.dtype)
+    return (h, last) if return_state else h
+
+
+def _triton(q, k, v, igate, fgate, chunk_size, eps, initial_state, return_state, reverse):
+    """The fused kernel of ultra_vil/mlstm_triton.py, imported only when asked for (triton is optional)."""
+    try:
+        from ultra_vil import mlstm_triton
+    except ImportError as e:  # triton itself, or the module, is missing
+        raise RuntimeError("backend='triton' needs triton and a CUDA tensor, or TRITON_INTERPRET=1") from e
+    if not mlstm_triton.available(q.device):
+        raise RuntimeError("backend='triton' needs triton and a CUDA tensor, or TRITON_INTERPRET=1")
+    if reverse:  # the kernel only runs forward in time: flip around it
+        q, k, v, igate, fgate = (t.flip(2) for t in (q, k, v, igate, fgate))
+    h, last = mlstm_triton.mlstm_triton(
+        q, k, v, igate, fgate, chunk_size=chunk_size, eps=eps, initial_state=initial_state, return_state=return_state
+    )
+    if reverse:
+        h = h.flip(2)
     return (h, last) if return_state else h
 
 
@@ -149,13 +173,23 @@ def _readout(num: Tensor, den: Tensor, m: Tensor, eps: float) -> Tensor:
     return num / (normaliser + eps).unsqueeze(-1)
 
 
-def _parallel(q, k, v, i, logf, state, eps, return_state):
-    """Quadratic form; `state` enters as one extra, already-accumulated 'step' before step 0."""
+def _cumsum(x: Tensor, reverse: bool) -> Tensor:
+    """Inclusive cumulative sum along the last dim in traversal order: sum_{r<=t}, or sum_{r>=t} with reverse."""
+    return x.flip(-1).cumsum(-1).flip(-1) if reverse else x.cumsum(-1)
+
+
+def _order_mask(rows: int, cols: int, reverse: bool, device, strict: bool = False) -> Tensor:
+    """(rows, cols) bool: column s is traversed no later than row t (s <= t; s >= t with reverse); strict: before."""
+    ones = torch.ones(rows, cols, dtype=torch.bool, device=device)
+    return ones.triu(int(strict)) if reverse else ones.tril(-int(strict))
+
+
+def _parallel(q, k, v, i, logf, state, eps, return_state, reverse=False):
+    """Quadratic form; `state` enters as one extra, already-accumulated 'step' before the first traversed one."""
     B, NH, S, DK = q.shape
-    Fcum = logf.cumsum(-1)  # (B, NH, S)  log(f_0 * ... * f_t)
+    Fcum = _cumsum(logf, reverse)  # (B, NH, S)  log decay from the traversal's start to step t
     logD = Fcum[..., :, None] - Fcum[..., None, :] + i[..., None, :]  # (B, NH, S, S)
-    causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
-    logD = logD.masked_fill(~causal, float("-inf"))
+    logD = logD.masked_fill(~_order_mask(S, S, reverse, q.device), float("-inf"))
     m = logD.amax(-1)  # (B, NH, S)
     if state is not None:
         log_state = Fcum + state.m[..., None]  # (B, NH, S)  weight of the carried state at step t
@@ -171,59 +205,64 @@ def _parallel(q, k, v, i, logf, state, eps, return_state):
     h = _readout(num, den, m, eps)
     last = None
     if return_state:
-        # the state after step S-1, from the same weights the last row of the quadratic form uses
-        a = Fcum[..., -1:] - Fcum + i  # (B, NH, S)  log weight of input s at the end
+        # the state after the last traversed step, from the same weights the last row of the quadratic form uses
+        end = 0 if reverse else S - 1
+        a = Fcum[..., end : end + 1] - Fcum + i  # (B, NH, S)  log weight of input s at the end
         m_end = a.amax(-1)  # (B, NH)
         if state is not None:
-            m_end = torch.maximum(m_end, Fcum[..., -1] + state.m)
+            m_end = torch.maximum(m_end, Fcum[..., end] + state.m)
         wa = torch.exp(a - m_end[..., None])  # (B, NH, S)
         C_end = (k * wa[..., None]).transpose(-2, -1) @ v  # (B, NH, DK, DV)
         n_end = (k * wa[..., None]).sum(-2)  # (B, NH, DK)
         if state is not None:
-            ws = torch.exp(Fcum[..., -1] + state.m - m_end)  # (B, NH)
+            ws = torch.exp(Fcum[..., end] + state.m - m_end)  # (B, NH)
             C_end = C_end + ws[..., None, None] * state.C
             n_end = n_end + ws[..., None] * state.n
         last = MLSTMState(C_end, n_end, m_end)
     return h, last
 
 
-def _chunkwise(q, k, v, i, logf, state, eps, L, return_state):
+def _chunkwise(q, k, v, i, logf, state, eps, L, return_state, reverse=False):
     """Chunks of L steps: each chunk's summary, the state entering every chunk, then all chunks in parallel.
 
-    The end is padded to a multiple of L with steps that neither write (input gate -inf) nor forget
-    (log forget gate 0), so padding changes neither earlier outputs nor the final state. Memory is
-    O(S * (L + DK * DV / L)) per batch and head: linear in S.
+    The traversal's end (the end of the sequence, its front with reverse) is padded to a multiple of L with
+    steps that neither write (input gate -inf) nor forget (log forget gate 0), so padding changes neither
+    earlier outputs nor the final state. Memory is O(S * (L + DK * DV / L)) per batch and head: linear in S.
     """
     B, NH, S, DK = q.shape
     DV = v.shape[-1]
     pad = (-S) % L
     if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        i = F.pad(i, (0, pad), value=float("-inf"))
-        logf = F.pad(logf, (0, pad), value=0.0)
+        where = (pad, 0) if reverse else (0, pad)
+        q, k, v = (F.pad(t, (0, 0, *where)) for t in (q, k, v))
+        i = F.pad(i, where, value=float("-inf"))
+        logf = F.pad(logf, where, value=0.0)
     NC = (S + pad) // L
     qc, kc, vc = (t.reshape(B, NH, NC, L, t.shape[-1]) for t in (q, k, v))  # (B, NH, NC, L, D*)
     ic, fc = i.reshape(B, NH, NC, L), logf.reshape(B, NH, NC, L)
-    Fc = fc.cumsum(-1)  # (B, NH, NC, L)  decay from chunk start to step t (inclusive)
-    g = Fc[..., -1]  # (B, NH, NC)  decay over the whole chunk
+    Fc = _cumsum(fc, reverse)  # (B, NH, NC, L)  decay from the chunk's traversal start to step t (inclusive)
+    g = Fc[..., 0] if reverse else Fc[..., -1]  # (B, NH, NC)  decay over the whole chunk
 
     # what each chunk alone writes into the memory, stabilised by its own max
-    a = g[..., None] - Fc + ic  # (B, NH, NC, L)  log weight of input s at the chunk's end
+    a = g[..., None] - Fc + ic  # (B, NH, NC, L)  log weight of input s at the chunk's traversal end
     m_loc = a.amax(-1)  # (B, NH, NC)  finite: every chunk holds at least one real step
     wa = torch.exp(a - m_loc[..., None])  # (B, NH, NC, L)
     kw = kc * wa[..., None]  # (B, NH, NC, L, DK)
     C_loc = kw.transpose(-2, -1) @ vc  # (B, NH, NC, DK, DV)
     n_loc = kw.sum(-2)  # (B, NH, NC, DK)
 
-    # the state entering each chunk c = 0..NC (NC: the final state), all at once: the scan over chunks is linear,
-    # so state c is a weighted sum of the chunk summaries j < c (and the initial state), with log weights
-    # decay(end of chunk j -> start of chunk c) + m_loc[j]; no Python loop, so compile does not unroll NC steps
-    # G is a sum over the whole sequence; differences of such sums lose digits in float32 once |G| is large
+    # the state entering each chunk c = 0..NC-1 and the final state (row NC), all at once: the scan over chunks is
+    # linear, so state c is a weighted sum of the summaries of the chunks j traversed before it (and the initial
+    # state), with log weights decay(end of chunk j -> start of chunk c) + m_loc[j]; no Python loop, so compile
+    # does not unroll NC steps.
+    # These are sums over the whole sequence; differences of such sums lose digits in float32 once they are large
     # (ulp(1e5) ~ 0.008 in the exponent), so the (small, O(NC^2)) log weights are formed in float64
-    G = g.double().cumsum(-1)  # (B, NH, NC)  decay from the start to the end of chunk c
-    Gex = F.pad(G, (1, 0))  # (B, NH, NC+1)  decay from the start to the start of chunk c
-    logw = (Gex[..., :, None] - G[..., None, :] + m_loc[..., None, :]).to(q.dtype)  # (B, NH, NC+1, NC)
-    before = torch.ones(NC + 1, NC, dtype=torch.bool, device=q.device).tril(-1)  # j < c
+    A = _cumsum(g.double(), reverse)  # (B, NH, NC)  decay from the traversal's start to the end of chunk c
+    Gex = A - g.double()  # (B, NH, NC)  ... to the start of chunk c
+    Gex = torch.cat([Gex, A[..., :1] if reverse else A[..., -1:]], -1)  # (B, NH, NC+1)  row NC: the end
+    logw = (Gex[..., :, None] - A[..., None, :] + m_loc[..., None, :]).to(q.dtype)  # (B, NH, NC+1, NC)
+    before = torch.ones(NC + 1, NC, dtype=torch.bool, device=q.device)
+    before[:NC] = _order_mask(NC, NC, reverse, q.device, strict=True)  # j traversed before c; all j before the end
     logw = logw.masked_fill(~before, float("-inf"))
     m_in_all = logw.amax(-1)  # (B, NH, NC+1); -inf where nothing was written yet
     if state is not None:
@@ -241,31 +280,30 @@ def _chunkwise(q, k, v, i, logf, state, eps, L, return_state):
     C_in, n_in, m_in = C_all[:, :, :NC], n_all[:, :, :NC], m_in_all[..., :NC]  # entering chunk c
     last = MLSTMState(C_all[:, :, NC], n_all[:, :, NC], m_in_all[..., NC]) if return_state else None
 
-    # outputs: the carried state plus the causal quadratic form inside each chunk
+    # outputs: the carried state plus the (anti-)causal quadratic form inside each chunk
     log_state = Fc + m_in[..., None]  # (B, NH, NC, L)
     logD = Fc[..., :, None] - Fc[..., None, :] + ic[..., None, :]  # (B, NH, NC, L, L)
-    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    logD = logD.masked_fill(~causal, float("-inf"))
+    logD = logD.masked_fill(~_order_mask(L, L, reverse, q.device), float("-inf"))
     m_t = torch.maximum(logD.amax(-1), log_state)  # (B, NH, NC, L)
     D = torch.exp(logD - m_t[..., None])  # (B, NH, NC, L, L)
     Cmat = (qc @ kc.transpose(-2, -1)) * D  # (B, NH, NC, L, L)
     w = torch.exp(log_state - m_t)  # (B, NH, NC, L)
     num = Cmat @ vc + w[..., None] * (qc @ C_in)  # (B, NH, NC, L, DV)
     den = Cmat.sum(-1) + w * (qc @ n_in[..., None]).squeeze(-1)  # (B, NH, NC, L)
-    h = _readout(num, den, m_t, eps).reshape(B, NH, NC * L, DV)[:, :, :S]  # (B, NH, S, DV)
-    return h, last
+    h = _readout(num, den, m_t, eps).reshape(B, NH, NC * L, DV)  # (B, NH, S + pad, DV)
+    return (h[:, :, pad:] if reverse else h[:, :, :S]), last
 
 
-def _recurrent(q, k, v, i, logf, state, eps):
+def _recurrent(q, k, v, i, logf, state, eps, reverse=False):
     """One step at a time: the specification the other backends are tested against."""
     B, NH, S, DK = q.shape
     if state is None:
         state = empty_state(B, NH, DK, v.shape[-1], dtype=q.dtype, device=q.device)
     hs = []
-    for t in range(S):
+    for t in range(S - 1, -1, -1) if reverse else range(S):
         h_t, state = mlstm_step(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], logf[:, :, t], state, eps)
         hs.append(h_t)
-    return torch.stack(hs, 2), state  # (B, NH, S, DV)
+    return torch.stack(hs[::-1] if reverse else hs, 2), state  # (B, NH, S, DV)
 
 
 def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, state: MLSTMState, eps: float = 1e-6):
