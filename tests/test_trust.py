@@ -64,3 +64,49 @@ def test_middle_cls_pools_the_cls_token(side):
     assert tokens.shape[1] == grid * grid + 1
     assert seen["cls_index"] == grid * grid // 2
     torch.testing.assert_close(pooled, tokens[:, seen["cls_index"]], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------- defect 3: the start-up hook under -W error
+def _shadow(tmp_path: Path, broken: str) -> Path:
+    """A folder that, first on PYTHONPATH, hides the real ultra_vil behind a broken one (the editable install is a
+    path entry, so PYTHONPATH wins): 'import' fails to import at all, 'version' raises as register() does for an
+    unsupported Ultralytics."""
+    pkg = tmp_path / "shadow" / "ultra_vil"
+    (pkg / "yolo").mkdir(parents=True)
+    if broken == "import":
+        (pkg / "__init__.py").write_text("raise ImportError('ultra_vil broken on purpose')\n")
+    else:
+        (pkg / "__init__.py").write_text("")
+        (pkg / "yolo" / "__init__.py").write_text("_initialized = True\n")
+        (pkg / "yolo" / "register.py").write_text(
+            "def register(tasks=None):\n    raise RuntimeError('Ultralytics 99.0 is not supported (on purpose)')\n"
+        )
+    return pkg.parent
+
+
+def _hook_installed() -> bool:
+    import importlib.util
+
+    spec = importlib.util.find_spec("_ultra_vil_hook")
+    return spec is not None and Path(spec.origin).read_text() == (ROOT / "ultra_vil/yolo/_ultra_vil_hook.py").read_text()
+
+
+@pytest.mark.parametrize(
+    "broken, how", [("import", ["-Werror"]), ("version", ["PYTHONWARNINGS=error"])], ids=["-W error", "PYTHONWARNINGS"]
+)
+def test_hook_never_breaks_import_ultralytics(tmp_path, broken, how):
+    """A failed registration under an "error" warnings filter: before, the hook's RuntimeWarning was raised as an
+    exception and `import ultralytics.nn.tasks` (so every `yolo` command) failed. Now the import succeeds and
+    the reason reaches stderr as one line."""
+    if not _hook_installed():
+        pytest.skip("the installed start-up hook differs from ultra_vil/yolo/_ultra_vil_hook.py: pip install -e .")
+    env = {k: v for k, v in os.environ.items() if k not in ("ULTRA_VIL_NO_HOOK", "PYTHONWARNINGS")}
+    env["PYTHONPATH"] = str(_shadow(tmp_path, broken))
+    flags = [x for x in how if x.startswith("-")]
+    env.update(x.split("=", 1) for x in how if "=" in x)
+    code = "import ultralytics.nn.tasks; print('imported')"
+    p = subprocess.run([sys.executable, *flags, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "imported"
+    expected = "broken on purpose" if broken == "import" else "not supported (on purpose)"
+    assert "ultra-vil: the ViL modules could not be registered" in p.stderr and expected in p.stderr, p.stderr

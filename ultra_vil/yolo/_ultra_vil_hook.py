@@ -7,8 +7,10 @@ site-packages; Python runs that line at start-up in every interpreter, `yolo` co
 What it does at start-up: nothing but put one finder at the front of `sys.meta_path`. It uses the standard library
 only and imports neither torch nor ultralytics. The finder ignores every import except `ultralytics.nn.tasks`;
 for that one it wraps the real loader so that, right after the module body has run, `ultra_vil.yolo.register`
-registers the modules. Any failure there becomes a RuntimeWarning, so `import ultralytics` never breaks because
-of this hook. `ULTRA_VIL_NO_HOOK=1` disables it (then `import ultra_vil.yolo` registers by hand).
+registers the modules. `import ultralytics` never breaks because of this hook, under any warnings filter: a
+failure there is reported as a RuntimeWarning, or, where the filters would turn that warning into an exception
+(`python -W error`, `PYTHONWARNINGS=error`, pytest's `-W error`), as one line on stderr. `ULTRA_VIL_NO_HOOK=1`
+disables it (then `import ultra_vil.yolo` registers by hand).
 """
 
 import os
@@ -29,7 +31,7 @@ class _RegisteringLoader:
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        self._loader.exec_module(module)
+        self._loader.exec_module(module)  # errors of Ultralytics' own module body are its own: they propagate
         _register(module)
 
     def __getattr__(self, name):  # get_source, get_filename, is_package, ... of the real loader
@@ -61,20 +63,32 @@ class UltraViLFinder:
 
 
 def _register(tasks):
-    package = sys.modules.get("ultra_vil.yolo")
-    if package is not None and not getattr(package, "_initialized", False):
-        return  # ultra_vil.yolo is importing ultralytics right now; it registers itself when it finishes
     try:
+        package = sys.modules.get("ultra_vil.yolo")
+        if package is not None and not getattr(package, "_initialized", False):
+            return  # ultra_vil.yolo is importing ultralytics right now; it registers itself when it finishes
         from ultra_vil.yolo.register import register
 
         register(tasks)
-    except Exception as e:  # never break `import ultralytics`
-        warnings.warn(
+    except Exception as e:  # never break `import ultralytics` (ultra_vil missing or broken, unsupported version)
+        _report(
             f"ultra-vil: the ViL modules could not be registered with Ultralytics ({type(e).__name__}: {e}). "
-            f"Model YAMLs naming them will fail; `import ultra_vil.yolo` shows the full error.",
-            RuntimeWarning,
-            stacklevel=2,
+            f"Model YAMLs naming them will fail; `import ultra_vil.yolo` shows the full error."
         )
+
+
+def _report(message):
+    """A RuntimeWarning where the warnings filters let it be one; else (it was raised as an error) one stderr line."""
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return
+    except Exception:  # the filters say "error" for this warning: raising it would break the importing program
+        pass
+    try:
+        if sys.stderr is not None:
+            sys.stderr.write(f"warning: {message}\n")
+    except Exception:  # a closed or broken stderr: nothing is left to report to
+        pass
 
 
 def install():
@@ -89,4 +103,7 @@ def install():
         _register(tasks)
 
 
-install()
+try:
+    install()
+except Exception as e:  # a start-up hook that raises would break every interpreter of this environment
+    _report(f"ultra-vil: start-up hook not installed ({type(e).__name__}: {e})")
