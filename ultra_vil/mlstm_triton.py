@@ -1,0 +1,636 @@
+"""A fused chunkwise mLSTM in Triton: forward and backward kernels, `mlstm(..., backend="triton")`.
+
+The same function as the float64 recurrence of ultra_vil/mlstm.py (exponential input gate, sigmoid forget gate in
+log space, max stabiliser m, normaliser max(|q.n|, exp(-m)) + eps), computed by chunks of L steps in four kernels
+(the chunkwise method of xLSTM / TFLA, Beck et al. 2025, arXiv:2503.14376; our own code, not mlstm-kernels):
+
+    forward   _fwd_states  one program per (batch*head, DK tile, DV tile): a sequential scan over the chunks writes
+                           the state (C, n, m) entering every chunk (and the final one) to a small buffer
+              _fwd_out     one program per (chunk, batch*head, DV tile), all in parallel: the entering state plus
+                           the causal (L x L) quadratic form inside the chunk; also writes per-step m and normaliser
+    backward  _bwd_states  the reverse scan of dC, dn over chunks (same grid as _fwd_states)
+              _bwd_chunk   one program per (chunk, batch*head): dq, dk, dv, recomputing the (L x L) matrices
+
+Activation memory is O(S * (DK + DV)) plus the chunk states (S / L * DK * DV per head), like the chunkwise backend.
+
+Gradients with the stabilisers held fixed are what the kernels compute; the rest is a short PyTorch epilogue:
+- Gate identities. With every m fixed, k_s and i_s enter the function only as exp(i_s - F_s) * k_s and q_t only as
+  exp(F_t) * q_t (F_t: cumulative log forget gate), so d i_s = k_s . dk_s and
+  dF_t = q_t . dq_t - k_t . dk_t (+ <dC, C> + <dn, n> of the final state at the last step); d logf is the reverse
+  cumulative sum of dF. No extra kernel, and no cancellation worse than one O(S) cumulative sum.
+- The stabiliser path. h_t depends on m_t only through eps: dh_t/dm_t = -h_t * eps / N_t; the final state is
+  stored stabilised (C = C* exp(-m)), so d m_final also collects -<dC, C> - <dn, n>. m_t = F_t + max(m_0,
+  cummax_s(i_s - F_s)) is differentiated by autograd on a float64 (B, NH, S) graph (argmax routing).
+Gradients also reach the initial state (C0, n0, m0).
+
+Precision: matmuls run in the input dtype with float32 accumulation; gates, cumulative sums, stabiliser,
+normaliser and every state in float32. float32 inputs use IEEE float32 dots (`input_precision="ieee"`), not TF32,
+which would miss the 1e-4 contract; bf16 / fp16 use tensor cores. float64 inputs are refused (use "chunkwise").
+
+Real-GPU rules the interpreter does not enforce, kept here: every tl.dot operand is a power of two >= 16 on each
+side (chunk tiles BL = max(16, next_pow2(chunk_size)); head dims tiled by BK / BV with masks, so DK = 96 runs as
+3 tiles of 32 and 192 as 3 of 64), shapes are constexpr, loops run over constexpr or runtime scalars, and tails
+(S not a multiple of L, a chunk size that is not a power of two) are masked loads and stores, never padding copies.
+
+Limitation: a NaN or inf in k or v at step s can reach outputs at steps t < s of the same chunk (0 * inf inside a
+tile matmul), unlike the recurrence; finite inputs of any size (gate pre-activations up to +-1e4) are exact.
+Speed: unmeasured; no GPU was available when this was written (see the report in the README).
+
+Import is safe without triton: the kernels are built on first use (`triton.jit` reads TRITON_INTERPRET when it
+decorates, so building late also lets tests set it after some other module imported triton).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["available", "mlstm_triton", "check_on_device"]
+
+triton = tl = None  # imported by _kernels() on first use, so importing this module never needs triton
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_imports() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install (missing libcuda etc.)
+        return False
+    return True
+
+
+def available(device: torch.device | str) -> bool:
+    """True where the kernels can run: triton imports and the device is CUDA, or TRITON_INTERPRET=1 (CPU tests)."""
+    device = torch.device(device)
+    return _triton_imports() and (device.type == "cuda" or _interpret())
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _tile(d: int, cap: int) -> int:
+    """Tile for a head dim d: the largest power of two in [16, cap] dividing d (no masked lanes: 96 -> 32,
+    192 -> 64), else the next power of two, capped (48 -> 16 divides; 40 -> 64 masked)."""
+    t = cap
+    while t >= 16:
+        if d % t == 0:
+            return t
+        t //= 2
+    return max(16, min(cap, _pow2(d)))
+
+
+@functools.lru_cache(maxsize=2)
+def _kernels(interpret: bool):
+    """Build the four kernels (keyed on interpreter mode: triton.jit picks interpreter or compiler when called)."""
+    # the kernels resolve `tl` through this module's globals, as triton.jit requires
+    global triton, tl
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _fwd_states(
+        K, V, I, LF, C0, N0, M0, CS, NS, MS,
+        S, NC, scale,
+        DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
+        BV: tl.constexpr, HAS_INIT: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
+    ):  # fmt: skip
+        bh = tl.program_id(0).to(tl.int64)
+        pk = tl.program_id(1)
+        pv = tl.program_id(2)
+        offk = pk * BK + tl.arange(0, BK)  # (BK,)
+        offv = pv * BV + tl.arange(0, BV)  # (BV,)
+        tau = tl.arange(0, BL)  # (BL,) step within the chunk; >= L is masked (chunk sizes not a power of two)
+        mk = offk < DK
+        mv = offv < DV
+        mkv = mk[:, None] & mv[None, :]  # (BK, BV)
+        ckv = offk[:, None] * DV + offv[None, :]  # (BK, BV)
+        if HAS_INIT:
+            C = tl.load(C0 + bh * DK * DV + ckv, mask=mkv, other=0.0).to(tl.float32)  # (BK, BV)
+            n = tl.load(N0 + bh * DK + offk, mask=mk, other=0.0).to(tl.float32)  # (BK,)
+            m = tl.load(M0 + bh).to(tl.float32)
+        else:
+            C = tl.zeros([BK, BV], dtype=tl.float32)
+            n = tl.zeros([BK], dtype=tl.float32)
+            m = tl.full([], float("-inf"), tl.float32)
+        first = (pk == 0) & (pv == 0)
+        for c in range(NC):
+            st = bh * (NC + 1) + c  # state slot: the state entering chunk c
+            tl.store(CS + st * DK * DV + ckv, C, mask=mkv)
+            tl.store(NS + st * DK + offk, n, mask=mk & (pv == 0))
+            tl.store(MS + st, m, mask=first)
+            t = c * L + tau  # (BL,)
+            valid = (tau < L) & (t < S)
+            # masked steps neither write (i = -inf) nor forget (log f = 0)
+            i = tl.load(I + bh * S + t, mask=valid, other=float("-inf"))  # (BL,)
+            lf = tl.load(LF + bh * S + t, mask=valid, other=0.0)  # (BL,)
+            Fc = tl.cumsum(lf, 0)  # (BL,) decay from the chunk start to step tau, inclusive
+            g = tl.sum(lf, 0)  # decay over the whole chunk
+            a = g - Fc + i  # (BL,) log weight of step tau's input at the chunk end
+            m_new = tl.maximum(g + m, tl.max(a, 0))  # the recurrence's m after the chunk, exactly
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing written yet: avoid -inf - -inf
+            decay = tl.exp(g + m - m_ref)  # <= 1; 0 while the state is empty
+            wk = tl.exp(a - m_ref) * scale  # (BL,) <= 1 (times the key scaling of the contract)
+            kt = tl.load(K + (bh * S + t[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
+            vt = tl.load(V + (bh * S + t[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
+            kw = kt.to(tl.float32) * wk[:, None]  # (BL, BK)
+            C = decay * C + tl.dot(tl.trans(kw.to(RT).to(CT)), vt.to(RT).to(CT), input_precision=PREC)  # (BK, BV)
+            n = decay * n + tl.sum(kw, 0)  # (BK,)
+            m = m_new
+        st = bh * (NC + 1) + NC  # the final state
+        tl.store(CS + st * DK * DV + ckv, C, mask=mkv)
+        tl.store(NS + st * DK + offk, n, mask=mk & (pv == 0))
+        tl.store(MS + st, m, mask=first)
+
+    @triton.jit
+    def _fwd_out(
+        Q, K, V, I, LF, CS, NS, MS, H, MR, NR, SR,
+        S, NC, scale, eps,
+        DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
+        BV: tl.constexpr, NK: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
+    ):  # fmt: skip
+        c = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        pv = tl.program_id(2)
+        tau = tl.arange(0, BL)
+        offv = pv * BV + tl.arange(0, BV)
+        mv = offv < DV
+        t = c * L + tau  # (BL,)
+        valid = (tau < L) & (t < S)
+        i = tl.load(I + bh * S + t, mask=valid, other=float("-inf"))
+        lf = tl.load(LF + bh * S + t, mask=valid, other=0.0)
+        Fc = tl.cumsum(lf, 0)  # (BL,)
+        st = bh * (NC + 1) + c
+        m_c = tl.load(MS + st)  # stabiliser of the entering state; -inf if empty
+        causal = tau[:, None] >= tau[None, :]  # (BL, BL)
+        logD = tl.where(causal, Fc[:, None] - Fc[None, :] + i[None, :], float("-inf"))  # (BL, BL)
+        log_state = Fc + m_c  # (BL,) log weight of the entering state at step tau
+        m_row = tl.maximum(tl.max(logD, 1), log_state)  # (BL,) = the recurrence's m_t
+        m_ref = tl.where(m_row == float("-inf"), 0.0, m_row)
+        Dm = tl.exp(logD - m_ref[:, None])  # (BL, BL) <= 1, 0 above the diagonal
+        w = tl.exp(log_state - m_ref)  # (BL,) <= 1
+        Sqk = tl.zeros([BL, BL], dtype=tl.float32)
+        qC = tl.zeros([BL, BV], dtype=tl.float32)
+        qn = tl.zeros([BL], dtype=tl.float32)
+        for kt in range(0, NK):  # constexpr trip count
+            offk = kt * BK + tl.arange(0, BK)
+            mk = offk < DK
+            mq = valid[:, None] & mk[None, :]  # (BL, BK)
+            qt = tl.load(Q + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)  # (BL, BK)
+            kk = tl.load(K + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)  # (BL, BK)
+            Sqk += tl.dot(qt.to(RT).to(CT), tl.trans(kk.to(RT).to(CT)), input_precision=PREC)  # (BL, BL)
+            Ct = tl.load(CS + st * DK * DV + offk[:, None] * DV + offv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
+            qC += tl.dot(qt.to(RT).to(CT), Ct.to(RT).to(CT), input_precision=PREC)  # (BL, BV)
+            nt = tl.load(NS + st * DK + offk, mask=mk, other=0.0)  # (BK,)
+            qn += tl.sum(qt.to(tl.float32) * nt[None, :], 1)  # (BL,)
+        vt = tl.load(V + (bh * S + t[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
+        P = Sqk * scale * Dm  # (BL, BL)
+        num = tl.dot(P.to(RT).to(CT), vt.to(RT).to(CT), input_precision=PREC) + w[:, None] * qC  # (BL, BV)
+        den = tl.sum(P, 1) + w * qn  # (BL,)
+        floor = tl.exp(-m_row)  # inf where m = -inf: then h = 0 (nothing written)
+        nrm = tl.maximum(tl.abs(den), floor) + eps  # (BL,)
+        h = num / nrm[:, None]  # (BL, BV)
+        tl.store(H + (bh * S + t[:, None]) * DV + offv[None, :], h.to(H.dtype.element_ty), mask=valid[:, None] & mv[None, :])
+        # what the backward needs per step: m_t, the normaliser and d(normaliser)/d(den) in {-1, 0, 1}
+        sgn = tl.where(tl.abs(den) > floor, tl.where(den >= 0, 1.0, -1.0), 0.0)
+        rmask = valid & (pv == 0)
+        tl.store(MR + bh * S + t, m_row, mask=rmask)
+        tl.store(NR + bh * S + t, nrm, mask=rmask)
+        tl.store(SR + bh * S + t, sgn, mask=rmask)
+
+    @triton.jit
+    def _bwd_states(
+        Q, DH, I, LF, MS, MR, INVN, DDEN, DCF, DNF, DCS, DNS,
+        S, NC,
+        DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
+        BV: tl.constexpr, HAS_DFIN: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
+    ):  # fmt: skip
+        bh = tl.program_id(0).to(tl.int64)
+        pk = tl.program_id(1)
+        pv = tl.program_id(2)
+        offk = pk * BK + tl.arange(0, BK)
+        offv = pv * BV + tl.arange(0, BV)
+        tau = tl.arange(0, BL)
+        mk = offk < DK
+        mv = offv < DV
+        mkv = mk[:, None] & mv[None, :]
+        ckv = offk[:, None] * DV + offv[None, :]
+        if HAS_DFIN:
+            dC = tl.load(DCF + bh * DK * DV + ckv, mask=mkv, other=0.0).to(tl.float32)  # (BK, BV)
+            dn = tl.load(DNF + bh * DK + offk, mask=mk, other=0.0).to(tl.float32)  # (BK,)
+        else:
+            dC = tl.zeros([BK, BV], dtype=tl.float32)
+            dn = tl.zeros([BK], dtype=tl.float32)
+        for j in range(NC):
+            c = NC - 1 - j
+            st = bh * (NC + 1) + c
+            # the gradient w.r.t. the state leaving chunk c (entering c + 1)
+            tl.store(DCS + (st + 1) * DK * DV + ckv, dC, mask=mkv)
+            tl.store(DNS + (st + 1) * DK + offk, dn, mask=mk & (pv == 0))
+            t = c * L + tau
+            valid = (tau < L) & (t < S)
+            lf = tl.load(LF + bh * S + t, mask=valid, other=0.0)
+            Fc = tl.cumsum(lf, 0)
+            g = tl.sum(lf, 0)
+            m_c = tl.load(MS + st)
+            m_next = tl.load(MS + st + 1)
+            m_row = tl.load(MR + bh * S + t, mask=valid, other=0.0)
+            invn = tl.load(INVN + bh * S + t, mask=valid, other=0.0)
+            dden = tl.load(DDEN + bh * S + t, mask=valid, other=0.0)
+            empty = m_c == float("-inf")  # the entering state holds nothing: it reaches neither outputs nor next state
+            w = tl.where(empty, 0.0, tl.exp(Fc + m_c - m_row))  # (BL,)
+            decay = tl.where(empty, 0.0, tl.exp(g + m_c - m_next))
+            qt = tl.load(Q + (bh * S + t[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
+            dht = tl.load(DH + (bh * S + t[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
+            dnum = dht.to(tl.float32) * invn[:, None]  # (BL, BV)
+            qw = qt.to(tl.float32) * w[:, None]  # (BL, BK)
+            dC = decay * dC + tl.dot(tl.trans(qw.to(RT).to(CT)), dnum.to(RT).to(CT), input_precision=PREC)  # (BK, BV)
+            dn = decay * dn + tl.sum(qw * dden[:, None], 0)  # (BK,)
+        st = bh * (NC + 1)  # the gradient w.r.t. the initial state
+        tl.store(DCS + st * DK * DV + ckv, dC, mask=mkv)
+        tl.store(DNS + st * DK + offk, dn, mask=mk & (pv == 0))
+
+    @triton.jit
+    def _bwd_chunk(
+        Q, K, V, DH, I, LF, CS, NS, MS, MR, INVN, DDEN, DCS, DNS, DQ, DKK, DVV,
+        S, NC, scale,
+        DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
+        BV: tl.constexpr, NK: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
+    ):  # fmt: skip
+        c = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        tau = tl.arange(0, BL)
+        t = c * L + tau
+        valid = (tau < L) & (t < S)
+        i = tl.load(I + bh * S + t, mask=valid, other=float("-inf"))
+        lf = tl.load(LF + bh * S + t, mask=valid, other=0.0)
+        Fc = tl.cumsum(lf, 0)
+        g = tl.sum(lf, 0)
+        st = bh * (NC + 1) + c
+        m_c = tl.load(MS + st)
+        m_next = tl.load(MS + st + 1)
+        m_row = tl.load(MR + bh * S + t, mask=valid, other=0.0)
+        invn = tl.load(INVN + bh * S + t, mask=valid, other=0.0)
+        dden = tl.load(DDEN + bh * S + t, mask=valid, other=0.0)
+        m_ref = tl.where(m_row == float("-inf"), 0.0, m_row)
+        causal = tau[:, None] >= tau[None, :]
+        logD = tl.where(causal, Fc[:, None] - Fc[None, :] + i[None, :], float("-inf"))
+        Dm = tl.exp(logD - m_ref[:, None])  # (BL, BL) as in the forward
+        w = tl.where(m_c == float("-inf"), 0.0, tl.exp(Fc + m_c - m_row))  # (BL,) weight of the entering state
+        m_next_ref = tl.where(m_next == float("-inf"), 0.0, m_next)
+        wk = tl.exp(g - Fc + i - m_next_ref) * scale  # (BL,) weight of k_s in the state leaving the chunk
+
+        Sqk = tl.zeros([BL, BL], dtype=tl.float32)
+        for kt in range(0, NK):
+            offk = kt * BK + tl.arange(0, BK)
+            mq = valid[:, None] & (offk < DK)[None, :]
+            qt = tl.load(Q + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
+            kk = tl.load(K + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
+            Sqk += tl.dot(qt.to(RT).to(CT), tl.trans(kk.to(RT).to(CT)), input_precision=PREC)
+        dPv = tl.zeros([BL, BL], dtype=tl.float32)
+        for vt_i in range(0, NV):
+            offv = vt_i * BV + tl.arange(0, BV)
+            mdv = valid[:, None] & (offv < DV)[None, :]
+            dht = tl.load(DH + (bh * S + t[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+            vv = tl.load(V + (bh * S + t[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+            dnum = dht.to(tl.float32) * invn[:, None]
+            dPv += tl.dot(dnum.to(RT).to(CT), tl.trans(vv.to(RT).to(CT)), input_precision=PREC)  # (BL, BL)
+        P = Sqk * scale * Dm  # (BL, BL)
+        dS = (dPv + dden[:, None]) * Dm  # (BL, BL) d loss / d(q.k scale) per entry, over D
+
+        for vt_i in range(0, NV):
+            offv = vt_i * BV + tl.arange(0, BV)
+            mv = offv < DV
+            mdv = valid[:, None] & mv[None, :]
+            dht = tl.load(DH + (bh * S + t[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+            dnum = dht.to(tl.float32) * invn[:, None]  # (BL, BV)
+            dv = tl.dot(tl.trans(P.to(RT).to(CT)), dnum.to(RT).to(CT), input_precision=PREC)  # (BL, BV)
+            for kt in range(0, NK):
+                offk = kt * BK + tl.arange(0, BK)
+                mk = offk < DK
+                kk = tl.load(K + (bh * S + t[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
+                dCt = tl.load(DCS + (st + 1) * DK * DV + offk[:, None] * DV + offv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
+                kw = kk.to(tl.float32) * wk[:, None]  # (BL, BK)
+                dv += tl.dot(kw.to(RT).to(CT), dCt.to(RT).to(CT), input_precision=PREC)  # (BL, BV)
+            tl.store(DVV + (bh * S + t[:, None]) * DV + offv[None, :], dv, mask=mdv)
+
+        for kt in range(0, NK):
+            offk = kt * BK + tl.arange(0, BK)
+            mk = offk < DK
+            mq = valid[:, None] & mk[None, :]
+            qt = tl.load(Q + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
+            kk = tl.load(K + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
+            dq = tl.dot(dS.to(RT).to(CT), kk.to(RT).to(CT), input_precision=PREC) * scale  # (BL, BK)
+            dk = tl.dot(tl.trans(dS.to(RT).to(CT)), qt.to(RT).to(CT), input_precision=PREC) * scale  # (BL, BK)
+            aq = tl.zeros([BL, BK], dtype=tl.float32)
+            ak = tl.zeros([BL, BK], dtype=tl.float32)
+            for vt_i in range(0, NV):
+                offv = vt_i * BV + tl.arange(0, BV)
+                mv = offv < DV
+                mdv = valid[:, None] & mv[None, :]
+                dht = tl.load(DH + (bh * S + t[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+                vv = tl.load(V + (bh * S + t[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+                dnum = dht.to(tl.float32) * invn[:, None]
+                ckv = offk[:, None] * DV + offv[None, :]
+                mkv = mk[:, None] & mv[None, :]
+                Ct = tl.load(CS + st * DK * DV + ckv, mask=mkv, other=0.0)  # (BK, BV) entering state
+                dCt = tl.load(DCS + (st + 1) * DK * DV + ckv, mask=mkv, other=0.0)  # (BK, BV) leaving state's grad
+                aq += tl.dot(dnum.to(RT).to(CT), tl.trans(Ct.to(RT).to(CT)), input_precision=PREC)  # (BL, BK)
+                ak += tl.dot(vv.to(RT).to(CT), tl.trans(dCt.to(RT).to(CT)), input_precision=PREC)  # (BL, BK)
+            nt = tl.load(NS + st * DK + offk, mask=mk, other=0.0)
+            dnt = tl.load(DNS + (st + 1) * DK + offk, mask=mk, other=0.0)
+            dq += w[:, None] * (aq + dden[:, None] * nt[None, :])
+            dk += wk[:, None] * (ak + dnt[None, :])
+            tl.store(DQ + (bh * S + t[:, None]) * DK + offk[None, :], dq, mask=mq)
+            tl.store(DKK + (bh * S + t[:, None]) * DK + offk[None, :], dk, mask=mq)
+
+    return _fwd_states, _fwd_out, _bwd_states, _bwd_chunk
+
+
+class _Config:
+    """Tile sizes and grid sizes for one call (plain ints: constexprs of the kernels)."""
+
+    def __init__(self, S: int, DK: int, DV: int, chunk_size: int, dtype: torch.dtype, interpret: bool):
+        self.L = chunk_size
+        self.BL = max(16, _pow2(chunk_size))  # tl.dot needs >= 16 and a power of two; steps >= L are masked
+        self.NC = -(-S // chunk_size)
+        self.BK = _tile(DK, 64)
+        self.BV = _tile(DV, 64)
+        self.NK = -(-DK // self.BK)
+        self.NV = -(-DV // self.BV)
+        # every tl.dot operand is rounded to the input dtype `rt` and multiplied as `ct` (= rt) with float32
+        # accumulation. TF32 would miss the float32 contract (1e-4 of float64), so float32 uses IEEE dots; half
+        # types run on tensor cores either way. The interpreter (triton 3.8) multiplies bfloat16 tiles as their
+        # raw uint16 bits, so there the bf16-rounded operands are widened to float32 (ct): products of bf16 values
+        # are exact in float32, so the interpreter still sees the GPU's rounding.
+        import triton.language as tl
+
+        self.rt = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+        self.ct = tl.float32 if interpret and dtype == torch.bfloat16 else self.rt
+        self.prec = "ieee" if self.ct == tl.float32 else "tf32"
+
+
+class _MLSTMTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, i, lf, C0, n0, m0, chunk_size, eps):
+        BH, S, DK = q.shape
+        DV = v.shape[-1]
+        cfg = _Config(S, DK, DV, chunk_size, q.dtype, _interpret())
+        fwd_states, fwd_out, _, _ = _kernels(_interpret())
+        scale = 1.0 / math.sqrt(DK)
+        dev = q.device
+        CS = torch.empty(BH, cfg.NC + 1, DK, DV, dtype=torch.float32, device=dev)  # state entering each chunk
+        NS = torch.empty(BH, cfg.NC + 1, DK, dtype=torch.float32, device=dev)
+        MS = torch.empty(BH, cfg.NC + 1, dtype=torch.float32, device=dev)
+        has_init = C0 is not None
+        dummy = MS  # an unused pointer where there is no initial state
+        fwd_states[(BH, cfg.NK, cfg.NV)](
+            k, v, i, lf, C0 if has_init else dummy, n0 if has_init else dummy, m0 if has_init else dummy,
+            CS, NS, MS, S, cfg.NC, scale,
+            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, HAS_INIT=has_init, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct,
+        )  # fmt: skip
+        h = torch.empty(BH, S, DV, dtype=v.dtype, device=dev)
+        MR, NR, SR = (torch.empty(BH, S, dtype=torch.float32, device=dev) for _ in range(3))
+        fwd_out[(cfg.NC, BH, cfg.NV)](
+            q, k, v, i, lf, CS, NS, MS, h, MR, NR, SR, S, cfg.NC, scale, eps,
+            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, NK=cfg.NK, NV=cfg.NV, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct,
+        )  # fmt: skip
+        C_end, n_end, m_end = CS[:, cfg.NC].clone(), NS[:, cfg.NC].clone(), MS[:, cfg.NC].clone()
+        ctx.save_for_backward(q, k, v, i, lf, h, CS, NS, MS, MR, NR, SR, C0, n0, m0, C_end, n_end)
+        ctx.cfg, ctx.eps, ctx.scale = cfg, eps, scale
+        return h, C_end, n_end, m_end
+
+    @staticmethod
+    def backward(ctx, dh, dC_end, dn_end, dm_end):
+        q, k, v, i, lf, h, CS, NS, MS, MR, NR, SR, C0, n0, m0, C_end, n_end = ctx.saved_tensors
+        cfg, eps = ctx.cfg, ctx.eps
+        BH, S, DK = q.shape
+        DV = v.shape[-1]
+        dev = q.device
+        _, _, bwd_states, bwd_chunk = _kernels(_interpret())
+        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+        # readout h = num / N, N = max(|den|, exp(-m)) + eps, with m held fixed (its path is added below)
+        delta = (dh.float() * h.float()).sum(-1)  # (BH, S)  dh . h
+        invn = 1.0 / NR  # (BH, S)
+        dden = -delta * invn * SR  # (BH, S)
+        has_dfin = dC_end is not None or dn_end is not None
+        dCf = torch.zeros_like(C_end) if dC_end is None else dC_end.float().contiguous()
+        dnf = torch.zeros_like(n_end) if dn_end is None else dn_end.float().contiguous()
+        DCS = torch.empty_like(CS)
+        DNS = torch.empty_like(NS)
+        bwd_states[(BH, cfg.NK, cfg.NV)](
+            q, dh, i, lf, MS, MR, invn, dden, dCf, dnf, DCS, DNS, S, cfg.NC,
+            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, HAS_DFIN=has_dfin, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct,
+        )  # fmt: skip
+        dq = torch.empty(BH, S, DK, dtype=torch.float32, device=dev)
+        dk = torch.empty_like(dq)
+        dv = torch.empty(BH, S, DV, dtype=torch.float32, device=dev)
+        bwd_chunk[(cfg.NC, BH)](
+            q, k, v, dh, i, lf, CS, NS, MS, MR, invn, dden, DCS, DNS, dq, dk, dv, S, cfg.NC, ctx.scale,
+            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, NK=cfg.NK, NV=cfg.NV, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct,
+        )  # fmt: skip
+
+        # gate identities (m fixed): d i_s = k_s . dk_s, dF_t = q_t . dq_t - k_t . dk_t
+        di = (k.float() * dk).sum(-1)  # (BH, S)
+        dF = (q.float() * dq).sum(-1) - di  # (BH, S)
+        end = (dCf * C_end).sum((-2, -1)) + (dnf * n_end).sum(-1)  # (BH,) the final state's exp(F_last) factor
+        dF[:, -1] += end
+        dlf = dF.flip(-1).cumsum(-1).flip(-1)  # (BH, S)  d logf_r = sum_{t >= r} dF_t
+
+        # the stabiliser path: dh_t/dm_t = -h_t eps / N_t; the stored final state C = C* exp(-m) adds -end
+        dm = -eps * delta * invn  # (BH, S)
+        dm[:, -1] += (0.0 if dm_end is None else dm_end.float()) - end
+        with torch.enable_grad():
+            i64 = i.detach().double().requires_grad_()
+            lf64 = lf.detach().double().requires_grad_()
+            F64 = lf64.cumsum(-1)  # (BH, S)
+            run = torch.cummax(i64 - F64, -1).values  # (BH, S)
+            if m0 is not None:
+                m064 = m0.detach().double().requires_grad_()
+                run = torch.maximum(run, m064[:, None])
+                inputs = (i64, lf64, m064)
+            else:
+                inputs = (i64, lf64)
+            m64 = F64 + run  # (BH, S)  m_t = F_t + max(m_0, max_{s <= t} i_s - F_s)
+            grads = torch.autograd.grad(m64, inputs, dm.double())
+        di = di + grads[0].float()
+        dlf = dlf + grads[1].float()
+
+        dC0 = dn0 = dm0 = None
+        if C0 is not None:
+            dC0, dn0 = DCS[:, 0], DNS[:, 0]
+            dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + grads[2].float()  # C0 enters as exp(m0) C0
+        return dq, dk, dv, di, dlf, dC0, dn0, dm0, None, None
+
+
+def mlstm_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    igate: Tensor,
+    fgate: Tensor,
+    *,
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+    initial_state: tuple[Tensor, Tensor, Tensor] | None = None,
+    return_state: bool = False,
+):
+    """The mLSTM of ultra_vil/mlstm.py (`mlstm(...)` with backend="triton") as fused Triton kernels.
+
+    Args:
+        q, k: Queries and keys, (B, NH, S, DK); k is scaled by 1/sqrt(DK) here, as in the contract.
+        v: Values, (B, NH, S, DV).
+        igate, fgate: Input- and forget-gate pre-activations, (B, NH, S).
+        chunk_size: Steps per chunk (any positive integer; tiles round it up to a power of two >= 16, masked).
+        eps: Added to the normaliser.
+        initial_state: (C (B, NH, DK, DV), n (B, NH, DK), m (B, NH)) to continue from; gradients reach it.
+        return_state: Also return the state after the last step.
+
+    Returns:
+        (h (B, NH, S, DV) in v's dtype, MLSTMState in float32 or None). Differentiable w.r.t. q, k, v, both gates
+        and the initial state.
+    """
+    from ultra_vil.mlstm import MLSTMState  # here, not at import: mlstm.py may import this module
+
+    if not available(q.device):
+        raise RuntimeError(
+            "the triton mLSTM backend needs triton and a CUDA device (or TRITON_INTERPRET=1 for CPU tests); "
+            f"got device {q.device}, triton importable: {_triton_imports()}"
+        )
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"expected q, k (B, NH, S, DK), v (B, NH, S, DV); got {q.shape}, {k.shape}, {v.shape}")
+    if igate.shape != q.shape[:3] or fgate.shape != q.shape[:3]:
+        raise ValueError(f"expected gates {tuple(q.shape[:3])}, got {tuple(igate.shape)}, {tuple(fgate.shape)}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    if dtype not in _DTYPES:
+        raise ValueError(f"the triton mLSTM backend runs float32, bfloat16 and float16, not {dtype}; use 'chunkwise'")
+    B, NH, S, DK = q.shape
+    DV = v.shape[-1]
+    if initial_state is not None:
+        C0, n0, m0 = initial_state
+        if C0.shape != (B, NH, DK, DV) or n0.shape != (B, NH, DK) or m0.shape != (B, NH):
+            raise ValueError(
+                f"initial_state must be C {(B, NH, DK, DV)}, n {(B, NH, DK)}, m {(B, NH)}; got "
+                f"{tuple(C0.shape)}, {tuple(n0.shape)}, {tuple(m0.shape)}"
+            )
+        C0, n0, m0 = (t.float().reshape(B * NH, *t.shape[2:]).contiguous() for t in (C0, n0, m0))
+    else:
+        C0 = n0 = m0 = None
+    if S == 0:
+        h = v.new_zeros(B, NH, 0, DV)
+        if not return_state:
+            return h, None
+        if C0 is None:
+            last = MLSTMState(
+                q.new_zeros(B, NH, DK, DV, dtype=torch.float32),
+                q.new_zeros(B, NH, DK, dtype=torch.float32),
+                q.new_full((B, NH), float("-inf"), dtype=torch.float32),
+            )
+        else:
+            last = MLSTMState(C0.view(B, NH, DK, DV), n0.view(B, NH, DK), m0.view(B, NH))
+        return h, last
+
+    with torch.autocast(q.device.type, enabled=False):
+        qf, kf, vf = (t.to(dtype).reshape(B * NH, S, t.shape[-1]).contiguous() for t in (q, k, v))
+        i32 = igate.float().reshape(B * NH, S).contiguous()
+        lf32 = F.logsigmoid(fgate.float()).reshape(B * NH, S).contiguous()  # the sigmoid gate in log space
+        h, C_end, n_end, m_end = _MLSTMTriton.apply(qf, kf, vf, i32, lf32, C0, n0, m0, chunk_size, float(eps))
+    h = h.view(B, NH, S, DV).to(v.dtype)
+    last = None
+    if return_state:
+        last = MLSTMState(C_end.view(B, NH, DK, DV), n_end.view(B, NH, DK), m_end.view(B, NH))
+    return h, last
+
+
+def check_on_device(device: torch.device | str = "cuda") -> float:
+    """Max relative error of the kernels vs the float64 recurrence on `device`, over outputs, the five input
+    gradients and the final state, at a few shapes (DK 96 / DV 192 as in ViL-T / ViL-S, S not a multiple of the
+    chunk, an initial state); float32 must be within 1e-4 and bfloat16 within 2e-2, else RuntimeError.
+
+    Returns the worst float32 error (the bfloat16 cases are checked against their tolerance too). Run by
+    scripts/benchmark.py before any timing on a GPU, so a wrong kernel is never timed.
+    """
+    device = torch.device(device)
+    if not available(device):
+        raise RuntimeError(f"triton mLSTM kernels cannot run on {device} (triton importable: {_triton_imports()})")
+    worst32 = 0.0
+    cases = [  # (B, NH, S, DK, DV, chunk_size, dtype, with initial state)
+        (1, 2, 130, 96, 64, 64, torch.float32, True),
+        (1, 1, 77, 32, 192, 32, torch.float32, False),
+        (1, 2, 100, 64, 64, 64, torch.bfloat16, True),
+    ]
+    for B, NH, S, DK, DV, L, dtype, with_state in cases:
+        errs = _compare_to_reference(B, NH, S, DK, DV, L, dtype, with_state, device)
+        err = max(errs.values())
+        tol = 1e-4 if dtype == torch.float32 else 2e-2
+        if not math.isfinite(err) or err > tol:
+            raise RuntimeError(
+                f"triton mLSTM kernel is wrong on {device}: B={B} NH={NH} S={S} DK={DK} DV={DV} chunk={L} "
+                f"{dtype}: relative errors {errs} (tolerance {tol})"
+            )
+        if dtype == torch.float32:
+            worst32 = max(worst32, err)
+    return worst32
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    """||a - b|| / ||b|| over the whole tensor (absolute where b is exactly 0)."""
+    diff, scale = (a.double() - b.double()).norm().item(), b.double().norm().item()
+    return diff / scale if scale > 0 else diff
+
+
+def _compare_to_reference(B, NH, S, DK, DV, L, dtype, with_state, device, seed=0) -> dict[str, float]:
+    """Relative errors of h, the final state and all gradients (loss: random projections of h and the state)."""
+    from ultra_vil.mlstm import mlstm
+
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, NH, S, DK, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, NH, S, DV, generator=g, dtype=torch.float64)
+    ig = 3.0 * torch.randn(B, NH, S, generator=g, dtype=torch.float64)
+    fg = 3.0 * torch.randn(B, NH, S, generator=g, dtype=torch.float64) + 2.0
+    inputs = [q, k, v, ig, fg]
+    if with_state:
+        state = [
+            torch.randn(B, NH, DK, DV, generator=g, dtype=torch.float64) * 0.3,
+            torch.randn(B, NH, DK, generator=g, dtype=torch.float64) * 0.3,
+            torch.randn(B, NH, generator=g, dtype=torch.float64),
+        ]
+        inputs += state
+    wh = torch.randn(B, NH, S, DV, generator=g, dtype=torch.float64)
+    wC = torch.randn(B, NH, DK, DV, generator=g, dtype=torch.float64)
+    wn = torch.randn(B, NH, DK, generator=g, dtype=torch.float64)
+    wm = torch.randn(B, NH, generator=g, dtype=torch.float64)
+    # inputs rounded to the tested dtype, so the reference sees exactly what the kernel sees
+    inputs = [t.to(dtype).double() if j < 3 else t for j, t in enumerate(inputs)]
+
+    def run(ts, backend, cast, dev):
+        ts = [t.to(device=dev, dtype=cast if j < 3 else (torch.float64 if cast == torch.float64 else torch.float32))
+              .detach().requires_grad_() for j, t in enumerate(ts)]  # fmt: skip
+        init = tuple(ts[5:8]) if with_state else None
+        if backend == "triton":
+            h, st = mlstm_triton(*ts[:5], chunk_size=L, initial_state=init, return_state=True)
+        else:
+            h, st = mlstm(*ts[:5], backend=backend, initial_state=init, return_state=True)
+        outs = [h, st.C, st.n, st.m]
+        loss = sum((o.double() * w.to(dev)).sum() for o, w in zip(outs, (wh, wC, wn, wm)))
+        grads = torch.autograd.grad(loss, ts)
+        return [o.detach().double().cpu() for o in outs] + [gr.double().cpu() for gr in grads]
+
+    ref = run(inputs, "recurrent", torch.float64, torch.device("cpu"))
+    got = run(inputs, "triton", dtype, device)
+    names = ["h", "C", "n", "m", "dq", "dk", "dv", "di", "df"] + (["dC0", "dn0", "dm0"] if with_state else [])
+    return {name: _rel(a, b) for name, a, b in zip(names, got, ref)}
