@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ultra_vil import checkpoints
+from ultra_vil.checkpoints import interpolate_pos_embed
 from ultra_vil.vil import TRAVERSALS, LayerNorm, ViLStack
 
 # dim, blocks and the drop-path rate of the paper's training recipes (src/vislstm/yamls of NX-AI/vision-lstm)
@@ -29,15 +30,6 @@ VARIANTS = {
     "vil_b": dict(dim=768, num_blocks=24, drop_path=0.2),
 }
 POOLINGS = ("bilateral_concat", "bilateral_avg", "mean", "middle_patch", "middle_cls")
-
-
-def interpolate_pos_embed(embed: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Bicubic resize of a (1, H, W, D) position embedding to `grid`; returns it unchanged if it already fits."""
-    if tuple(embed.shape[1:3]) == tuple(grid):
-        return embed
-    x = embed.permute(0, 3, 1, 2)  # (1, D, H, W)
-    x = F.interpolate(x, size=tuple(grid), mode="bicubic", align_corners=False)
-    return x.permute(0, 2, 3, 1)  # (1, H', W', D)
 
 
 class VisionLSTM(nn.Module):
@@ -56,7 +48,11 @@ class VisionLSTM(nn.Module):
         drop_path: Drop-path rate of every block.
         traversal: A key of ultra_vil.vil.TRAVERSALS.
         checkpoint: Activation checkpointing per block (memory for compute, for high resolutions).
+        legacy_norm: A plain `nn.LayerNorm(num_features)` after pooling, before the head: every released v2
+            checkpoint has one (`legacy_norm.weight`), so loading them needs it.
         **layer_kw: Passed to every ViLLayer (e.g. backend, chunk_size).
+
+    The arguments are recorded in `config` (a plain dict), so `save_checkpoint` works on any instance.
     """
 
     def __init__(
@@ -72,9 +68,15 @@ class VisionLSTM(nn.Module):
         drop_path: float = 0.0,
         traversal: str = "alternating",
         checkpoint: bool = False,
+        legacy_norm: bool = False,
         **layer_kw,
     ) -> None:
         super().__init__()
+        self._config = dict(
+            dim=dim, num_blocks=num_blocks, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+            patch_stride=patch_stride, in_chans=in_chans, pooling=pooling, drop_path=drop_path, traversal=traversal,
+            checkpoint=checkpoint, legacy_norm=legacy_norm, **layer_kw,
+        )
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         patch_stride = patch_size if patch_stride is None else patch_stride
         if pooling not in POOLINGS:
@@ -98,6 +100,7 @@ class VisionLSTM(nn.Module):
         self.blocks = ViLStack(dim, num_blocks, traversal, drop_path, checkpoint=checkpoint, **layer_kw)
         self.norm = LayerNorm(dim, eps=1e-6)
         self.num_features = 2 * dim if pooling == "bilateral_concat" else dim
+        self.legacy_norm = nn.LayerNorm(self.num_features) if legacy_norm else None
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.reset_parameters()
 
@@ -163,7 +166,10 @@ class VisionLSTM(nn.Module):
         return x[:, x.shape[1] // 2]  # middle_patch
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.pool(self.forward_features(x)))
+        x = self.pool(self.forward_features(x))  # (B, num_features)
+        if self.legacy_norm is not None:
+            x = self.legacy_norm(x)
+        return self.head(x)
 
     @property
     def config(self) -> dict:
@@ -179,12 +185,18 @@ def create_model(
     pooling: str = "bilateral_concat",
     drop_path: float | None = None,
     traversal: str = "alternating",
+    legacy_norm: bool = False,
+    pretrained: str | Path | None = None,
     **kwargs,
 ) -> VisionLSTM:
     """Build a preset of `VARIANTS` (vil_t, vil_t_plus, vil_s, vil_s_plus, vil_b).
 
     drop_path None keeps the preset's rate. Other keywords of `VisionLSTM` (dim, num_blocks, checkpoint, backend,
     chunk_size, ...) override the preset; everything ends up in `model.config`, the plain dict a checkpoint stores.
+
+    `pretrained` is a weights file: an ultra-vil checkpoint, a VisionLSTM2 state dict (torch.hub names) or a
+    released `.th` file (`legacy_norm=True` for those). Tensors are matched by name (`ultra_vil.checkpoints`), the
+    position embedding is resized to `img_size`, and a head for another number of classes is dropped (logged).
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown ViL preset {name!r}; expected one of {tuple(VARIANTS)}")
@@ -193,9 +205,12 @@ def create_model(
         preset["drop_path"] = drop_path
     config = dict(
         name=name, num_classes=num_classes, img_size=img_size, patch_size=patch_size, patch_stride=patch_stride,
-        pooling=pooling, traversal=traversal, **preset,
+        pooling=pooling, traversal=traversal, legacy_norm=legacy_norm, **preset,
     )
-    return build_from_config(config)
+    model = build_from_config(config)
+    if pretrained is not None:
+        checkpoints.load_pretrained(model, pretrained)
+    return model
 
 
 def build_from_config(config: dict) -> VisionLSTM:
@@ -204,25 +219,24 @@ def build_from_config(config: dict) -> VisionLSTM:
     if isinstance(kw.get("img_size"), list):
         kw["img_size"] = tuple(kw["img_size"])
     model = VisionLSTM(**kw)
-    model._config = dict(config)
+    model._config = dict(config)  # keeps the preset name (and keys of older checkpoints) beside the arguments
     return model
 
 
 def save_checkpoint(model: VisionLSTM, path: str | Path, **extra) -> None:
-    """Write {"model": state dict, "config": plain dict, **extra} atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "config": model.config, **extra}, tmp)
-    tmp.replace(path)
+    """Write {"model": state dict, "config": plain dict, **extra} atomically (`checkpoints.atomic_save`)."""
+    checkpoints.atomic_save({"model": model.state_dict(), "config": model.config, **extra}, path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", **overrides) -> VisionLSTM:
     """Load a checkpoint of `save_checkpoint` with weights_only=True; `overrides` change the config (e.g. img_size),
-    the position embedding is resized to the new grid."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    config = {**ckpt["config"], **overrides}
-    model = build_from_config(config)
-    state = dict(ckpt["model"])
-    state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], tuple(model.pos_embed.shape[1:3]))
-    model.load_state_dict(state)
+    the position embedding is resized to the new grid. Other formats: `create_model(..., pretrained=path)`."""
+    state, config, fmt = checkpoints.read_weights(path, map_location)
+    if config is None:
+        raise checkpoints.CheckpointError(
+            f"is a {fmt} weights file without a model config: build the model with "
+            "create_model(name, ..., pretrained=path) instead", path,
+        )
+    model = build_from_config({**config, **overrides})
+    checkpoints.load_weights(model, state, path, drop_mismatched_head="num_classes" in overrides)
     return model

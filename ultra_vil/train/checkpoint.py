@@ -13,48 +13,29 @@ renamed over the old one, so a kill at any moment leaves either the old or the n
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ultra_vil import checkpoints
+
 
 def atomic_save(obj: dict, path: str | Path) -> None:
-    """torch.save to `path` via a temp file + fsync + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """torch.save to `path` via a temp file + fsync + rename (`ultra_vil.checkpoints.atomic_save`)."""
+    checkpoints.atomic_save(obj, path)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """torch.load(weights_only=True) with an error that names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # unpickling errors name neither the file nor the fix
-        raise RuntimeError(f"cannot load checkpoint {path} with weights_only=True: {e}") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise RuntimeError(f"{path} is not an ultra-vil classifier checkpoint (no 'model' entry)")
+    """torch.load(weights_only=True) of an ultra-vil training checkpoint; a CheckpointError (a UserError) names the
+    file when it is missing, empty, truncated or of another kind."""
+    ckpt = checkpoints.read(path, map_location)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise checkpoints.CheckpointError(
+            "is not an ultra-vil classifier checkpoint (no 'model' and 'config' entries); to start from other "
+            "weights (a VisionLSTM2 state dict or a released .th) use --finetune", path,
+        )
     return ckpt
 
 

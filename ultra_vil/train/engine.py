@@ -16,6 +16,7 @@ uninterrupted run would have done: on CPU the final weights are bit-identical.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import math
 import platform
@@ -28,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ultra_vil.classifier import build_from_config, create_model, interpolate_pos_embed
+from ultra_vil import checkpoints
+from ultra_vil.classifier import VisionLSTM, build_from_config, create_model
 from ultra_vil.train import checkpoint as ckpt_io
 from ultra_vil.train import distributed as D
 from ultra_vil.train.data import (
@@ -188,9 +190,7 @@ def evaluate_checkpoint(args: argparse.Namespace, info: D.DistInfo, progress: Pr
         if ckpt.get(name) is None:
             continue
         model = build_from_config(config)
-        state = dict(ckpt[name])
-        state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], tuple(model.pos_embed.shape[1:3]))
-        model.load_state_dict(state)
+        checkpoints.load_weights(model, ckpt[name], f"{path} ({name})", drop_mismatched_head=False)
         model.to(info.device)
         metrics = evaluate(model, loader, info, args.amp, BadFileLog("val", args.max_bad_fraction), progress,
                            f"eval {name}")
@@ -238,14 +238,19 @@ class Trainer:
         args.patch_size = args.patch_size or 16
         torch.manual_seed(args.seed)
         overrides = {k: getattr(args, k) for k in ("dim", "num_blocks") if getattr(args, k) is not None}
+        finetune = None
+        if args.finetune is not None and resume is None:  # read first: a released file needs legacy_norm
+            finetune = checkpoints.read_weights(args.finetune)
+            if "legacy_norm.weight" in finetune[0]:
+                overrides["legacy_norm"] = True
         self.raw = create_model(
             args.model, num_classes=args.num_classes, img_size=args.img_size, patch_size=args.patch_size,
             patch_stride=args.patch_stride, drop_path=args.drop_path, checkpoint=args.grad_checkpointing,
             **overrides,
         )
         args.drop_path = self.raw.config["drop_path"]
-        if args.finetune is not None and resume is None:
-            self._load_finetune(args.finetune)
+        if finetune is not None:
+            self._load_finetune(args.finetune, finetune[0])
         self.raw.to(self.device)
 
         # data loaders
@@ -293,34 +298,19 @@ class Trainer:
             )
 
     # ---------------------------------------------------------------------------------------------- loading
-    def _load_finetune(self, path: Path) -> None:
-        """Initialise from another run's weights: position embedding resized to this grid (other resolution or
-        patch stride), head re-initialised if its shape differs (other classes); other mismatches are errors."""
-        ckpt = ckpt_io.load(path)
-        state, own = dict(ckpt["model"]), self.raw.state_dict()
-        if "pos_embed" in state:
-            state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], tuple(own["pos_embed"].shape[1:3]))
-        head = [k for k in state if k.startswith("head.") and k in own and state[k].shape != own[k].shape]
-        for k in head:
-            del state[k]
-        if head:
-            LOGGER.info("finetune: head re-initialised (%s in %s, %s here)", tuple(ckpt["model"]["head.weight"].shape),
-                        path, tuple(own["head.weight"].shape))
-        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-                 if k in own and v.shape != own[k].shape]
-        missing = [k for k in own if k not in state and not k.startswith("head.")]
-        if wrong or missing:
-            raise ValueError(f"--finetune {path} does not fit this model: shapes {wrong}, missing {missing[:10]}")
-        unexpected = [k for k in state if k not in own]
-        if unexpected:
-            LOGGER.warning("finetune: ignoring %d checkpoint entries this model lacks: %s", len(unexpected),
-                           unexpected[:10])
-        self.raw.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    def _load_finetune(self, path: Path, state: dict) -> None:
+        """Initialise from weights in any format `ultra_vil.checkpoints` reads (another run's checkpoint, a
+        VisionLSTM2 state dict, a released .th): matched by name, position embedding resized to this grid (other
+        resolution or patch stride), head dropped if its shape differs (other classes); every other tensor must
+        fit, or the error lists the names that do not."""
+        checkpoints.load_weights(self.raw, state, path)
         LOGGER.info("finetune: initialised from %s", path)
 
     def _load_resume(self, ckpt: dict, path: Path) -> None:
-        ours = {k: v for k, v in self.raw.config.items() if k not in MODEL_KEYS_IGNORED_ON_RESUME}
-        theirs = {k: v for k, v in ckpt["config"].items() if k not in MODEL_KEYS_IGNORED_ON_RESUME}
+        defaults = {k: p.default for k, p in inspect.signature(VisionLSTM).parameters.items()
+                    if p.default is not inspect.Parameter.empty}  # keys older checkpoints lack (legacy_norm)
+        ours = {k: v for k, v in {**defaults, **self.raw.config}.items() if k not in MODEL_KEYS_IGNORED_ON_RESUME}
+        theirs = {k: v for k, v in {**defaults, **ckpt["config"]}.items() if k not in MODEL_KEYS_IGNORED_ON_RESUME}
         differ = sorted(k for k in set(ours) | set(theirs) if _norm(ours.get(k)) != _norm(theirs.get(k)))
         if differ:
             raise ValueError(

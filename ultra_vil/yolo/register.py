@@ -13,8 +13,17 @@ Ultralytics 8.4 has no plug-in mechanism for model layers (see research/ultralyt
    call time.
 3. Clear YAML errors: the recompiled parser is wrapped so that an error raised while building one of our
    modules names the YAML file, the layer index, the module and the argument (`YAMLLayerError`).
-4. `torch.serialization.add_safe_globals` for every module class of `ultra_vil.vil` and `ultra_vil.yolo.modules`,
-   so checkpoints also load under `ULTRALYTICS_SAFE_LOAD=1`.
+4. `torch.serialization.add_safe_globals` for every module class of `ultra_vil.vil`, `ultra_vil.classifier` and
+   `ultra_vil.yolo.modules`, so checkpoints also load under `ULTRALYTICS_SAFE_LOAD=1`.
+5. Weight decay: Ultralytics' `BaseTrainer.build_optimizer` exempts only `torch.nn` norm layers and parameters
+   named `bias`, so it would decay ViL's norm gains (stored as w in 1 + w: decay pulls them to gain 1, not 0, but
+   the recipe exempts them), position embedding and `learnable_skip`. The method is wrapped (once, when the
+   trainer module is loaded, checked at each model build) to move exactly those parameters of our modules into
+   its no-decay group; stock models get the stock groups.
+
+`ViLBackbone` is a multi-output layer taken like Ultralytics' `TorchVision` (arguments as written): its name is
+injected but it is in neither set; its string arguments (preset, weights path) are quoted before parsing, since
+`parse_model` literal-evaluates strings and a path such as `/data/vil.th` is not a literal (SyntaxError).
 
 It is called by `import ultra_vil.yolo` (which unpickling a checkpoint does) and by the start-up hook
 `_ultra_vil_hook` (installed at the root of site-packages by `pip install`), which runs it right after
@@ -34,15 +43,18 @@ from types import FunctionType, ModuleType
 import torch
 from torch import nn
 
-from ultra_vil import vil
+from ultra_vil import classifier, vil
+from ultra_vil.errors import UserError
 from ultra_vil.yolo import modules
-from ultra_vil.yolo.modules import ViLArgumentError, ViLC2f, ViLStage
+from ultra_vil.yolo.modules import ViLArgumentError, ViLBackbone, ViLC2f, ViLStage
 
 SUPPORTED_ULTRALYTICS = ((8, 4), (8, 5))  # [low, high): the range this file was written and tested against
 SKIP_VERSION_CHECK_ENV = "ULTRA_VIL_SKIP_VERSION_CHECK"
 
 # YAML name -> class. Every class here gets C2f's treatment (c1 inferred, c2 width-scaled, n as third argument).
 MODULES: dict[str, type[nn.Module]] = {"ViLStage": ViLStage, "ViLC2f": ViLC2f}
+# YAML name -> class, names only: Ultralytics passes their arguments as written (like TorchVision's)
+PLAIN_MODULES: dict[str, type[nn.Module]] = {"ViLBackbone": ViLBackbone}
 
 _BASE_SET, _REPEAT_SET = "base_modules", "repeat_modules"  # the local names inside parse_model we extend
 _EXTRA_BASE, _EXTRA_REPEAT = "_ultra_vil_base_modules", "_ultra_vil_repeat_modules"  # our globals in tasks
@@ -70,7 +82,7 @@ def register(tasks: ModuleType | None = None) -> ModuleType:
     if tasks is None:
         from ultralytics.nn import tasks
     check_ultralytics_version()
-    for name, cls in MODULES.items():
+    for name, cls in {**MODULES, **PLAIN_MODULES}.items():
         existing = tasks.__dict__.get(name)
         if existing is not None and existing is not cls:
             raise RuntimeError(
@@ -88,6 +100,7 @@ def register(tasks: ModuleType | None = None) -> ModuleType:
         if nn_pkg is not None and getattr(nn_pkg, "parse_model", None) is wrapper._ultra_vil_original:
             nn_pkg.parse_model = wrapper
     torch.serialization.add_safe_globals(module_classes())
+    patch_optimizer_groups()
     return tasks
 
 
@@ -99,17 +112,17 @@ def is_registered(tasks: ModuleType | None = None) -> bool:
         return False
     return (
         getattr(tasks.parse_model, _MARK, False)
-        and all(tasks.__dict__.get(name) is cls for name, cls in MODULES.items())
+        and all(tasks.__dict__.get(name) is cls for name, cls in {**MODULES, **PLAIN_MODULES}.items())
         and set(MODULES.values()) <= getattr(tasks, _EXTRA_BASE, frozenset())
         and set(MODULES.values()) <= getattr(tasks, _EXTRA_REPEAT, frozenset())
     )
 
 
 def module_classes() -> list[type[nn.Module]]:
-    """Every nn.Module class defined in ultra_vil.vil and ultra_vil.yolo.modules (what a checkpoint pickles)."""
+    """Every nn.Module class defined in ultra_vil.vil, .classifier and .yolo.modules (what a checkpoint pickles)."""
     return [
         obj
-        for mod in (vil, modules)
+        for mod in (vil, classifier, modules)
         for obj in vars(mod).values()
         if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == mod.__name__
     ]
@@ -198,7 +211,8 @@ def _recompile_parse_model(tasks: ModuleType) -> FunctionType:
         )
     ast.fix_missing_locations(tree)
     namespace: dict = {}
-    exec(compile(tree, filename, "exec"), tasks.__dict__, namespace)  # globals: tasks, as for the original
+    # dont_inherit: the code is Ultralytics', so this file's `from __future__ import annotations` must not apply
+    exec(compile(tree, filename, "exec", dont_inherit=True), tasks.__dict__, namespace)  # globals: tasks
     return namespace["parse_model"]
 
 
@@ -206,14 +220,18 @@ def _with_layer_errors(patched: FunctionType, original: FunctionType) -> Functio
     """Wrap the recompiled parser so errors from our modules name the YAML file, layer, module and argument."""
 
     @functools.wraps(original)
-    def parse_model(d, ch, verbose=True):
+    def parse_model(d, *args, **kwargs):
+        patch_optimizer_groups()  # a trainer builds its model here, before its optimizer: the latest point to patch
+        d = _quote_plain_args(d)
         try:
-            return patched(d, ch, verbose)
+            return patched(d, *args, **kwargs)
         except Exception as e:
             clear = _layer_error(e, d, patched.__code__)
             if clear is None:
                 raise
-            raise clear from None
+            if isinstance(e, ViLArgumentError):
+                raise clear from None  # the message says it all; the traceback would point into parse_model
+            raise clear from e  # an unexpected failure: keep the original traceback
 
     setattr(parse_model, _MARK, True)
     parse_model._ultra_vil_original = original
@@ -233,9 +251,11 @@ def _layer_error(e: Exception, d: dict, code) -> YAMLLayerError | None:
         tb = tb.tb_next
     if frame is None:
         return None
+    if isinstance(e, UserError):
+        return None  # names its file already (a weights file of ViLBackbone)
     loc = frame.f_locals
     i, m, args = (loc.get(name) for name in _LOOP_LOCALS)
-    if not isinstance(i, int) or m not in MODULES.values():
+    if not isinstance(i, int) or m not in (*MODULES.values(), *PLAIN_MODULES.values()):
         return None
     rows = list(d.get("backbone", [])) + list(d.get("head", []))
     row = rows[i] if i < len(rows) else "?"
@@ -255,3 +275,95 @@ def _layer_error(e: Exception, d: dict, code) -> YAMLLayerError | None:
                 )
             return YAMLLayerError(f"{where}: arguments {list(args)} do not fit {m.__name__}({', '.join(params)}): {e}")
     return YAMLLayerError(f"{where}: {type(e).__name__}: {e}")
+
+
+def _quote_plain_args(d: dict) -> dict:
+    """`d` with the string arguments of PLAIN_MODULES rows quoted (`repr`), so `parse_model`'s literal_eval gives
+    the string back instead of failing on a path. A copy: `d` is the model's `yaml`, rebuilt from more than once."""
+    def fix(row):
+        if isinstance(row, (list, tuple)) and len(row) == 4 and row[2] in PLAIN_MODULES and isinstance(row[3], list):
+            return [*row[:3], [repr(a) if isinstance(a, str) else a for a in row[3]]]
+        return row
+
+    if not isinstance(d, dict) or not any(
+        isinstance(r, (list, tuple)) and len(r) == 4 and r[2] in PLAIN_MODULES
+        for r in list(d.get("backbone") or []) + list(d.get("head") or [])
+    ):
+        return d
+    return {**d, "backbone": [fix(r) for r in d.get("backbone") or []], "head": [fix(r) for r in d.get("head") or []]}
+
+
+# ------------------------------------------------------------------------------------------- weight decay
+NO_DECAY_NORMS = (vil.LayerNorm, vil.MultiHeadNorm)  # ViL's norms; torch.nn norms Ultralytics exempts itself
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "learnable_skip")  # parameter names, in any module of ours
+_OUR_MODULES = tuple(MODULES.values()) + tuple(PLAIN_MODULES.values())
+_PATCHED_OPT = "_ultra_vil_groups"
+
+
+def no_decay_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters inside our YOLO modules that get no weight decay: ViL norm gains, biases, position
+    embedding, CLS token, learnable_skip (Ultralytics' stock rules catch the biases and torch.nn norms)."""
+    out, seen = [], set()
+    for top in model.modules():
+        if not isinstance(top, _OUR_MODULES):
+            continue
+        for module in top.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if id(p) in seen:
+                    continue
+                if isinstance(module, NO_DECAY_NORMS) or name in NO_DECAY_NAMES or "bias" in name:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
+
+
+def regroup_no_decay(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
+    """Move `no_decay_parameters(model)` out of every group with weight decay into the no-decay group built for
+    the same learning rate (Ultralytics' "bn" group); returns how many moved. Before the first step only."""
+    targets = {id(p) for p in no_decay_parameters(model)}
+    if not targets:
+        return 0
+    groups = optimizer.param_groups
+    free = [g for g in groups if g.get("weight_decay", 0) == 0 and g.get("param_group") == "bn"]
+    if not free:
+        free = [g for g in groups if g.get("weight_decay", 0) == 0 and not g.get("use_muon")]
+    if not free:
+        return 0
+    moved = 0
+    for g in groups:
+        if g.get("weight_decay", 0) == 0:
+            continue
+        keep = [p for p in g["params"] if id(p) not in targets]
+        move = [p for p in g["params"] if id(p) in targets]
+        if not move:
+            continue
+        dest = next((f for f in free if f.get("lr") == g.get("lr")), free[0])
+        g["params"] = keep
+        dest["params"].extend(move)
+        moved += len(move)
+    return moved
+
+
+def patch_optimizer_groups() -> bool:
+    """Wrap `BaseTrainer.build_optimizer` with `regroup_no_decay` once, if the trainer module is loaded; returns
+    whether the wrapper is in place."""
+    trainer_mod = _loaded_module("ultralytics.engine.trainer")
+    trainer_cls = getattr(trainer_mod, "BaseTrainer", None)
+    if trainer_cls is None:
+        return False
+    original = trainer_cls.build_optimizer
+    if getattr(original, _PATCHED_OPT, False):
+        return True
+
+    @functools.wraps(original)
+    def build_optimizer(self, model, *args, **kwargs):
+        optimizer = original(self, model, *args, **kwargs)
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        regroup_no_decay(optimizer, unwrap_model(model))
+        return optimizer
+
+    setattr(build_optimizer, _PATCHED_OPT, True)
+    build_optimizer._ultra_vil_original = original
+    trainer_cls.build_optimizer = build_optimizer
+    return True
