@@ -15,17 +15,22 @@ Examples:
     # New train/val split of a YOLO data set (writes image lists + data.yaml; no image is moved)
     python scripts/convert_dataset.py --split datasets/aircraft.yaml --out-dir ~/data/aircraft_split --seed 1
 
-The source is only read: --out-dir may not be the source or lie inside it, and a non-empty --out-dir is
-refused unless this tool wrote it (then --overwrite replaces it). Nothing is written if the annotations
-have errors. Exit status: 0 OK, 1 invalid data, 2 bad arguments.
+The source is only read: --out-dir may not be the source, lie inside it or be a parent of it (for --split: of
+the data set's root or of the YAML's folder), and every image an annotation names must lie inside --src
+(--allow-outside-src lifts that, with a warning). A non-empty --out-dir is refused unless this tool wrote it;
+then --overwrite deletes exactly the files the tool wrote there (listed, with their sizes, in its marker
+.ultra_vil_dataset) and writes anew. Nothing is written if the annotations have errors.
+Exit status: 0 OK, 1 invalid data, 2 bad arguments or another error you can fix (one line; --debug: traceback).
 """
 
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from ultra_vil.data.issues import DatasetError, Issues
+from ultra_vil.errors import UserError, describe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--link", action="store_true", help="symlink images instead of copying them")
     parser.add_argument("--skip-difficult", action="store_true", help="VOC: drop objects marked difficult")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of this tool in --out-dir")
+    parser.add_argument(
+        "--allow-outside-src", action="store_true",
+        help="read images that annotations name outside --src (absolute or ../ paths, symlinks out): a warning each",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--quick", action="store_true", help="--check: read image headers only (misses truncation)")
     parser.add_argument("--max-issues", type=int, default=50, help="print at most this many errors and warnings each")
     return parser
@@ -70,19 +80,37 @@ def main(argv: list[str] | None = None) -> int:
         if args.split:
             from ultra_vil.data.split import split_yolo_dataset
 
-            out = split_yolo_dataset(args.split, args.out_dir, args.val_fraction or 0.2, args.seed)
+            out = split_yolo_dataset(
+                args.split, args.out_dir, args.val_fraction or 0.2, args.seed, overwrite=args.overwrite
+            )
             print(f"wrote {out}")
             return check(out, quick=True, max_issues=args.max_issues)
         return convert(args)
-    except DatasetError as e:
+    except DatasetError as e:  # invalid data: the message lists every problem by file and line
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (UserError, OSError) as e:  # a file that cannot be read or written, a bad argument: one line
+        if args.debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e) else ""
+        print(f"error: {where}{describe(e)}", file=sys.stderr)
+        return 2
+
+
+def _datasets_dir() -> Path:
+    """Ultralytics' datasets_dir setting, read only when a relative `path:` in a data YAML needs it (this imports
+    ultralytics, which costs seconds; a script may, the ultra_vil.data package may not)."""
+    from ultralytics.utils import DATASETS_DIR
+
+    return Path(DATASETS_DIR)
 
 
 def check(data_yaml: Path, quick: bool = False, max_issues: int = 50) -> int:
     from ultra_vil.data.yolo_check import check_yolo_dataset
 
-    report = check_yolo_dataset(data_yaml, decode=not quick)
+    report = check_yolo_dataset(data_yaml, decode=not quick, datasets_dir=_datasets_dir)
     print(report.format(max_issues))
     return 0 if report.ok else 1
 
@@ -98,13 +126,15 @@ def convert(args: argparse.Namespace) -> int:
     if args.format == "voc":
         from ultra_vil.data.voc import read_voc
 
-        samples, files = read_voc(args.src, issues, skip_difficult=args.skip_difficult)
+        samples, files = read_voc(
+            args.src, issues, skip_difficult=args.skip_difficult, allow_outside_src=args.allow_outside_src
+        )
         found = sorted({b.name for s in samples for b in s.boxes})
         names = class_order(found, names, "the sorted names in the VOC files")
     else:
         from ultra_vil.data.coco import read_coco
 
-        samples, files, found = read_coco(args.src, issues, names)
+        samples, files, found = read_coco(args.src, issues, names, allow_outside_src=args.allow_outside_src)
         names = class_order(found, names, "the COCO categories, by category id")
     root = args.src.parent if args.src.is_file() else args.src
     print(f"read {len(samples)} annotated images from {len(files)} {args.format.upper()} file(s) in {args.src}")

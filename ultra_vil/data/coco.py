@@ -6,7 +6,8 @@ split (a folder or file name containing train / val / valid / validation / test,
 looked up beside the JSON, in `images/<split>/`, `<split>/`, `images/`, then anywhere below the source
 folder. `bbox` is [x, y, width, height] in pixels (0-based); crowd annotations (`iscrowd: 1`) are skipped,
 as Ultralytics' own COCO converter does. Errors name the JSON file and line (found by a second, slower
-parse that runs only when something is wrong).
+parse that runs only when something is wrong). A `file_name` that is absolute or climbs out of the source with
+`..` is an error (ultra_vil.data.base.ImageFinder).
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ultra_vil.data.convert import Box, Sample
+from ultra_vil.data.base import Box, ImageFinder, Sample
 from ultra_vil.data.issues import Issues
-from ultra_vil.data.voc import ImageFinder
 from ultra_vil.data.yolo_format import image_size
 
 _SPLIT_WORDS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -75,8 +75,12 @@ def _split_of(json_path: Path, src: Path) -> str | None:
     return None
 
 
-def read_coco(src: Path, issues: Issues, names: list[str] | None = None) -> tuple[list[Sample], list[Path], list[str]]:
+def read_coco(
+    src: Path, issues: Issues, names: list[str] | None = None, allow_outside_src: bool = False
+) -> tuple[list[Sample], list[Path], list[str]]:
     """(samples, JSON files read, class names used in category-id order). Problems go to `issues`.
+
+    An image that resolves outside the source folder is an error, or with `allow_outside_src` a warning.
 
     With `names` (the user's class list), categories are matched to it by name and a category used by an
     annotation but missing from it is an error. Without, the class list is the categories that have
@@ -89,7 +93,7 @@ def read_coco(src: Path, issues: Issues, names: list[str] | None = None) -> tupl
     if not files:
         issues.error(src, None, "no .json annotation files found")
         return [], [], []
-    finder = ImageFinder(root)
+    finder = ImageFinder(root, allow_outside=allow_outside_src)
     samples: list[Sample] = []
     categories: dict[int, str] = {}
     used: set[int] = set()
@@ -155,8 +159,10 @@ def _read_file(
             continue
         image, why = finder.find(str(im["file_name"]), near)
         if image is None:
-            issues.error(path, line("images", i), why)
+            issues.error(path, line("images", i), f"{why} (images[{i}])")
             continue
+        if finder.outside(image):
+            issues.warn(path, line("images", i), f"image {image} lies outside the source {root} (images[{i}])")
         try:
             width, height = image_size(image)
         except Exception as e:

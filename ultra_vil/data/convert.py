@@ -4,55 +4,40 @@ Output, in `out_dir`:
     images/{train,val[,test]}/   copies of (or, with link=True, symlinks to) the source images
     labels/{train,val[,test]}/   one .txt per image: `class x_center y_center width height`, normalised, 6 decimals
     data.yaml                    Ultralytics data YAML; class order = `names`
-    .ultra_vil_dataset           marker: this folder was written by this tool (only such a folder is ever cleared)
+    .ultra_vil_dataset           marker: every file written here, with its size (ultra_vil.data.base)
 
 Everything is checked before anything is written: on any error nothing is written and `DatasetError` lists
-every problem by file and line. The source is never written to: `out_dir` may not be the source folder,
-lie inside it, or contain any source file.
+every problem by file and line. The source is never written to: `out_dir` may not be the source folder, lie
+inside it, be a parent of it, or contain any source file. Replacing an earlier output deletes only the files
+its marker lists, and no file this tool did not write is ever overwritten.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ultra_vil.data.issues import DatasetError, Issues, Line, resolve_line
+from ultra_vil.data.base import (  # Box, Sample and MARKER are also imported from here by older code
+    MARKER,
+    Box,
+    Sample,
+    check_free,
+    check_out_dir,
+    file_entry,
+    remove_written,
+    write_marker,
+    yolo_row,
+)
+from ultra_vil.data.issues import DatasetError, Issues, resolve_line
 from ultra_vil.data.split import assign_val
 from ultra_vil.data.yolo_format import SPLITS, dump_data_yaml
 
+__all__ = ["MARKER", "Box", "Converted", "Sample", "class_order", "write_yolo"]
 LOGGER = logging.getLogger(__name__)
-MARKER = ".ultra_vil_dataset"
 DEFAULT_VAL_FRACTION = 0.2
-
-
-@dataclass
-class Box:
-    """An object in pixel coordinates of the image as Ultralytics loads it (0-based, continuous)."""
-
-    name: str
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    line: Line  # where the box is defined in `Sample.source`
-    name_line: Line = None  # where its class name is, if elsewhere
-
-
-@dataclass
-class Sample:
-    """One annotated image, as read from the source annotations."""
-
-    image: Path  # the source image (resolved)
-    width: int
-    height: int
-    source: Path  # annotation file that describes the image
-    line: Line  # where in `source`
-    boxes: list[Box] = field(default_factory=list)
-    split: str | None = None  # split given by the source (VOC ImageSets, COCO file per split), if any
 
 
 @dataclass
@@ -65,25 +50,6 @@ class Converted:
     boxes: dict[str, int]  # split -> boxes
     backgrounds: dict[str, int]  # split -> images without objects
     warnings: Issues
-
-
-def check_out_dir(out_dir: Path, src_root: Path, source_files: list[Path], overwrite: bool) -> None:
-    """Refuse any out_dir whose use could change the source; refuse a non-empty one unless it is ours."""
-    out, src = out_dir.resolve(), src_root.resolve()
-    if out == src or src in out.parents:
-        raise DatasetError(f"--out-dir {out_dir} is the source folder {src_root} or inside it; choose another folder")
-    inside = next((f for f in source_files if out in f.resolve().parents), None)
-    if inside is not None:
-        raise DatasetError(f"--out-dir {out_dir} contains source file {inside}; choose a folder outside the source")
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"--out-dir {out_dir} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise DatasetError(
-                f"--out-dir {out_dir} is not empty and was not written by this tool; choose an empty or new folder"
-            )
-        if not overwrite:
-            raise DatasetError(f"--out-dir {out_dir} holds an earlier conversion; pass --overwrite to replace it")
 
 
 def class_order(used: list[str], names: list[str] | None, origin: str) -> list[str]:
@@ -129,7 +95,8 @@ def write_yolo(
         description: First lines of the data YAML's header comment.
         issues: Problems the reader found; they are reported together with those found here.
     """
-    check_out_dir(out_dir, src_root, [s.image for s in samples] + list(annotation_files), overwrite)
+    out_dir = Path(out_dir)
+    earlier = check_out_dir(out_dir, [src_root], [s.image for s in samples] + list(annotation_files), overwrite)
     issues = issues if issues is not None else Issues()
     if not samples and not issues.errors:
         raise DatasetError(f"no annotated images found in {src_root}")
@@ -160,9 +127,7 @@ def write_yolo(
                 continue
             if (x1, y1, x2, y2) != (b.x1, b.y1, b.x2, b.y2):
                 issues.warn(s.source, b.line, f"box clipped to the {s.width}x{s.height} image")
-            xc, yc = (x1 + x2) / 2 / s.width, (y1 + y2) / 2 / s.height
-            w, h = (x2 - x1) / s.width, (y2 - y1) / s.height
-            rows[k].append(f"{index[b.name]} {xc:.6f} {yc:.6f} {w:.6f} {h:.6f}")
+            rows[k].append(yolo_row(index[b.name], x1, y1, x2, y2, s.width, s.height))
     if issues.errors:
         raise DatasetError(f"not converted: the annotations in {src_root} have errors (nothing was written)", issues)
 
@@ -172,36 +137,35 @@ def write_yolo(
     if unused:
         issues.warn(src_root, None, f"{len(unused)} class(es) have no objects: {unused}")
 
-    # --- write (nothing above touched the file system)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / MARKER).is_file():
-        for stale in ("images", "labels"):
-            if (out_dir / stale).is_dir():
-                shutil.rmtree(out_dir / stale)
-        for stale in ("data.yaml", MARKER):
-            (out_dir / stale).unlink(missing_ok=True)
-    (out_dir / MARKER).write_text(json.dumps({"source": str(src_root.resolve()), "tool": "ultra_vil.data"}) + "\n")
-    images, boxes, backgrounds = {}, {}, {}
+    # --- plan every output path, then write (nothing above touched the file system)
+    plan: list[tuple[str, int, str, str]] = []  # (split, sample index, image path, label path), relative to out_dir
     for split in SPLITS:
-        ks = [k for k in rows if splits[k] == split]
-        if not ks:
-            continue
-        (out_dir / "images" / split).mkdir(parents=True)
-        (out_dir / "labels" / split).mkdir(parents=True)
         taken: set[str] = set()
-        for k in ks:
-            s = samples[k]
-            name = _unique_name(s.image, taken)
-            dst = out_dir / "images" / split / name
-            if link:
-                os.symlink(s.image, dst)
-            else:
-                shutil.copy2(s.image, dst)
-            text = "\n".join(rows[k]) + "\n" if rows[k] else ""
-            (out_dir / "labels" / split / (Path(name).stem + ".txt")).write_text(text)
-        images[split] = len(ks)
-        boxes[split] = sum(len(rows[k]) for k in ks)
-        backgrounds[split] = sum(not rows[k] for k in ks)
+        for k in (k for k in rows if splits[k] == split):
+            name = _unique_name(samples[k].image, taken)
+            plan.append((split, k, f"images/{split}/{name}", f"labels/{split}/{Path(name).stem}.txt"))
+    written = [rel for _, _, im, lab in plan for rel in (im, lab)] + ["data.yaml"]
+    ours = set(earlier["files"]) if earlier else set()
+    check_free([out_dir / rel for rel in written if rel not in ours])
+    if earlier:
+        remove_written(out_dir, earlier)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = dict(source=str(Path(src_root).resolve()), command="convert")
+    write_marker(out_dir, {rel: None for rel in written}, **info)  # first: an interrupted run can be replaced
+    images, boxes, backgrounds = {}, {}, {}
+    for split, k, image_rel, label_rel in plan:
+        s = samples[k]
+        dst = out_dir / image_rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / label_rel).parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            os.symlink(s.image, dst)
+        else:
+            shutil.copy2(s.image, dst)
+        (out_dir / label_rel).write_text("\n".join(rows[k]) + "\n" if rows[k] else "")
+        images[split] = images.get(split, 0) + 1
+        boxes[split] = boxes.get(split, 0) + len(rows[k])
+        backgrounds[split] = backgrounds.get(split, 0) + (not rows[k])
     data_yaml = out_dir / "data.yaml"
     header = (
         f"{description}\nConverted by ultra_vil.data (scripts/convert_dataset.py) from {src_root.resolve()}\n"
@@ -210,6 +174,7 @@ def write_yolo(
         "  labels/{train,val}/  one .txt per image"
     )
     dump_data_yaml(data_yaml, names, {s: f"images/{s}" for s in images}, header)
+    write_marker(out_dir, {rel: file_entry(out_dir / rel) for rel in written}, **info)
     return Converted(data_yaml, list(names), images, boxes, backgrounds, issues)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
 
+from ultra_vil.data.base import check_free, check_out_dir, file_entry, remove_written, write_marker
 from ultra_vil.data.issues import DatasetError
+from ultra_vil.data.yolo_check import read_data_yaml
+from ultra_vil.data.yolo_format import dump_data_yaml
 
 SPLIT_FILES = ("train.txt", "val.txt", "test.txt", "data.yaml")
 
@@ -29,35 +31,39 @@ def assign_val(keys: list[str], val_fraction: float, seed: int) -> set[str]:
     return set(order[:n_val])
 
 
-def split_yolo_dataset(data_yaml: Path, out_dir: Path, val_fraction: float = 0.2, seed: int = 0) -> Path:
+def split_yolo_dataset(
+    data_yaml: Path, out_dir: Path, val_fraction: float = 0.2, seed: int = 0, overwrite: bool = False
+) -> Path:
     """Re-split an existing YOLO data set into train/val without moving or copying any image.
 
     Pools the images of its `train` and `val` splits, draws val by `seed`, and writes into `out_dir`:
     train.txt and val.txt (image paths relative to the list, `./...`), test.txt if the set has a test
-    split, and a data.yaml with the same class names in the same order. Returns the new data.yaml.
+    split, and a data.yaml with the same class names in the same order. Returns the new data.yaml. `out_dir`
+    obeys the converter's rule (ultra_vil.data.base.check_out_dir); `overwrite` replaces an earlier output of
+    this tool there.
     """
-    from ultra_vil.data.convert import MARKER
-    from ultra_vil.data.yolo_check import read_data_yaml
-    from ultra_vil.data.yolo_format import dump_data_yaml
-
     spec = read_data_yaml(data_yaml, lenient=("val", "test"))  # a set with only a train split is what this is for
     if spec.issues.errors:
         raise DatasetError(f"cannot split {data_yaml}", spec.issues)
     out_dir = Path(out_dir)
-    existing = [out_dir / f for f in SPLIT_FILES if (out_dir / f).exists()]
-    if existing and not (out_dir / MARKER).is_file():
-        raise DatasetError(
-            f"--out-dir {out_dir} already holds {existing[0].name}, not written by this tool; choose another folder"
-        )
-    if (out_dir / "data.yaml").resolve() == Path(data_yaml).resolve():
-        raise DatasetError(f"--out-dir {out_dir} would overwrite the input {data_yaml}; choose another folder")
+    listed = sorted({im for images in spec.splits.values() for im, _, _ in images})
+    list_files = sorted({f for images in spec.splits.values() for _, f, _ in images if f is not None})
+    # The same rule as conversion: not the data set's root or the YAML's folder, not inside, not a parent of them.
+    earlier = check_out_dir(out_dir, [spec.root, Path(data_yaml).parent], [Path(data_yaml), *list_files, *listed],
+                            overwrite)  # fmt: skip
 
     pool = sorted({im for split in ("train", "val") for im, _, _ in spec.splits.get(split, [])})
     keys = {os.path.relpath(im, spec.root): im for im in pool}
     val = assign_val(list(keys), val_fraction, seed)
+    written = [f"{split}.txt" for split in ("train", "val", "test") if split != "test" or spec.splits.get("test")]
+    written.append("data.yaml")
+    ours = set(earlier["files"]) if earlier else set()
+    check_free([out_dir / rel for rel in written if rel not in ours])
+    if earlier:
+        remove_written(out_dir, earlier)
     out_dir.mkdir(parents=True, exist_ok=True)
-    marker = {"source": str(Path(data_yaml).resolve()), "tool": "ultra_vil.data"}
-    (out_dir / MARKER).write_text(json.dumps(marker) + "\n")
+    info = dict(source=str(Path(data_yaml).resolve()), command="split")
+    write_marker(out_dir, {rel: None for rel in written}, **info)
     lists = {
         "train": [im for k, im in sorted(keys.items()) if k not in val],
         "val": [im for k, im in sorted(keys.items()) if k in val],
@@ -74,4 +80,5 @@ def split_yolo_dataset(data_yaml: Path, out_dir: Path, val_fraction: float = 0.2
         "The lists hold image paths relative to this folder; labels stay where they are (/images/ -> /labels/)."
     )
     dump_data_yaml(out_yaml, spec.names, {s: f"{s}.txt" for s in lists}, header)
+    write_marker(out_dir, {rel: file_entry(out_dir / rel) for rel in written}, **info)
     return out_yaml

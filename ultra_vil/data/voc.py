@@ -5,7 +5,8 @@ trainval,test}.txt`) or any folder tree with .xml files, the images beside them 
 Coordinates: VOC's `<bndbox>` is 1-based (the VOC devkit); like Ultralytics' own VOC recipe
 (ultralytics/cfg/datasets/VOC.yaml) we subtract 1 from every corner, then clip to the image.
 The image size is read from the image file (EXIF-rotated as Ultralytics does); a different `<size>` in the
-XML is a warning. Objects marked `<difficult>1</difficult>` are kept unless skip_difficult=True.
+XML is a warning. Objects marked `<difficult>1</difficult>` are kept unless skip_difficult=True. A `<filename>`
+that is absolute or climbs out of the source with `..` is an error (ultra_vil.data.base.ImageFinder).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import xml.parsers.expat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ultra_vil.data.convert import Box, Sample
+from ultra_vil.data.base import Box, ImageFinder, Sample
 from ultra_vil.data.issues import Issues
-from ultra_vil.data.yolo_format import IMG_FORMATS, image_size, is_image
+from ultra_vil.data.yolo_format import image_size
+
+__all__ = ["ImageFinder", "parse_xml", "read_objects", "read_voc"]  # ImageFinder: for code that imported it here
 
 
 @dataclass
@@ -61,39 +64,6 @@ def parse_xml(path: Path) -> _Node:
     return roots[0]
 
 
-class ImageFinder:
-    """Finds an annotation's image: first beside it or in the usual folders, then anywhere below `root`."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self._by_name: dict[str, list[Path]] | None = None
-        self._by_stem: dict[str, list[Path]] | None = None
-
-    def _index(self) -> None:
-        self._by_name, self._by_stem = {}, {}
-        for p in sorted(self.root.rglob("*")):
-            if is_image(p) and p.is_file():
-                self._by_name.setdefault(p.name, []).append(p.resolve())
-                self._by_stem.setdefault(p.stem, []).append(p.resolve())
-
-    def find(self, file_name: str, near: list[Path]) -> tuple[Path | None, str]:
-        """(image, "") or (None, why not)."""
-        rel = Path(file_name)
-        for folder in near:
-            if (folder / rel).is_file():
-                return (folder / rel).resolve(), ""
-        if self._by_name is None:
-            self._index()
-        hits = self._by_name.get(rel.name, [])
-        if not hits and rel.suffix.lower().lstrip(".") not in IMG_FORMATS:
-            hits = self._by_stem.get(rel.name, [])  # file name given without extension
-        if len(hits) == 1:
-            return hits[0], ""
-        if len(hits) > 1:
-            return None, f"image '{file_name}' is ambiguous: {len(hits)} files of that name under {self.root}"
-        return None, f"image '{file_name}' not found (looked beside the annotation and under {self.root})"
-
-
 def _voc_split_sets(root: Path) -> dict[str, str]:
     """Image id -> split from ImageSets/Main/{train,val,trainval,test}.txt, if present."""
     folder = root / "ImageSets" / "Main"
@@ -106,15 +76,19 @@ def _voc_split_sets(root: Path) -> dict[str, str]:
     return out
 
 
-def read_voc(src: Path, issues: Issues, skip_difficult: bool = False) -> tuple[list[Sample], list[Path]]:
-    """All annotated images under `src`, and the XML files read. Problems go to `issues` (file and line)."""
+def read_voc(
+    src: Path, issues: Issues, skip_difficult: bool = False, allow_outside_src: bool = False
+) -> tuple[list[Sample], list[Path]]:
+    """All annotated images under `src`, and the XML files read. Problems go to `issues` (file and line).
+
+    An image that resolves outside `src` is an error, or with `allow_outside_src` a warning."""
     src = Path(src)
     ann_dir = src / "Annotations"
     xmls = sorted((ann_dir if ann_dir.is_dir() else src).rglob("*.xml"))
     if not xmls:
         issues.error(src, None, "no .xml annotation files found (expected Annotations/*.xml or .xml files below)")
         return [], []
-    finder = ImageFinder(src)
+    finder = ImageFinder(src, allow_outside=allow_outside_src)
     splits = _voc_split_sets(src)
     samples = []
     for xml_path in xmls:
@@ -144,6 +118,8 @@ def _read_annotation(
     if image is None:
         issues.error(xml_path, fn.line if fn is not None else root.line, why)
         return None
+    if finder.outside(image):
+        issues.warn(xml_path, fn.line if fn is not None else root.line, f"image {image} lies outside --src {src}")
     try:
         width, height = image_size(image)
     except Exception as e:
@@ -160,6 +136,15 @@ def _read_annotation(
             said = f"{declared[0]}x{declared[1]}"
             issues.warn(xml_path, size.line, f"<size> says {said}, image is {width}x{height}; using the image")
     sample = Sample(image, width, height, xml_path, root.line)
+    sample.boxes = read_objects(xml_path, root, issues, skip_difficult)
+    return sample
+
+
+def read_objects(xml_path: Path, root: _Node, issues: Issues, skip_difficult: bool = False) -> list[Box]:
+    """The `<object>` boxes of a parsed annotation, 1 subtracted from every corner (VOC is 1-based), not clipped.
+
+    Problems go to `issues` with their line; the object concerned is left out."""
+    boxes = []
     for obj in root.findall("object"):
         name = obj.find("name")
         if name is None or not name.value:
@@ -187,5 +172,5 @@ def _read_annotation(
             if xmax <= xmin or ymax <= ymin:
                 issues.error(xml_path, bnd.line, f"empty box: xmin={xmin:g} xmax={xmax:g} ymin={ymin:g} ymax={ymax:g}")
                 continue
-            sample.boxes.append(Box(name.value, xmin - 1, ymin - 1, xmax - 1, ymax - 1, bnd.line, name.line))
-    return sample
+            boxes.append(Box(name.value, xmin - 1, ymin - 1, xmax - 1, ymax - 1, bnd.line, name.line))
+    return boxes

@@ -7,22 +7,31 @@ a malformed label row (wrong number of values, not a number, a non-integer class
 Warnings (usable, but look): duplicate rows (Ultralytics drops them), zero-size boxes, boxes reaching past
 the image border, JPEGs without an end marker (Ultralytics re-saves those *in place*), label files without
 an image, images in both train and val.
-Images without a label file, or with an empty one, are valid background images and are counted.
+Images without a label file, or with an empty one, are valid background images and are counted; an image whose
+label file has errors is counted as invalid, never as background (its rows are not what training will see).
+
+Ultralytics is not imported here (only ultra_vil.yolo may): a relative `path:` that is not found from the current
+folder is looked up in the `datasets_dir` the caller passes (scripts/convert_dataset.py reads Ultralytics'
+setting only then), or in that of an Ultralytics already imported by the program.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Union
 
 from ultra_vil.data.issues import DatasetError, Issues
 from ultra_vil.data.yolo_format import SPLITS, is_image, label_path, load_yaml_with_lines, parse_names_value
 
 LOGGER = logging.getLogger(__name__)
 MIN_IMAGE_SIDE = 10  # Ultralytics' verify_image_label rejects images with a side under 10 px
+# Ultralytics' datasets_dir setting, or a function that returns it (called only when a relative `path:` needs it).
+DatasetsDir = Union[Path, str, Callable[[], Union[Path, str]], None]
 
 
 @dataclass
@@ -41,6 +50,7 @@ class SplitStats:
     images: int = 0
     labelled: int = 0
     backgrounds: int = 0
+    invalid: int = 0  # images whose label file has errors (neither labelled nor background)
     boxes: int = 0
     per_class: Counter = field(default_factory=Counter)
 
@@ -59,8 +69,9 @@ class CheckReport:
     def format(self, max_each: int | None = 50) -> str:
         lines = [f"Checked {self.data_yaml} ({len(self.names)} classes)"]
         for split, st in self.stats.items():
+            invalid = f", {st.invalid} with invalid labels" if st.invalid else ""
             lines.append(
-                f"  {split:5s}: {st.images} images ({st.labelled} labelled, {st.backgrounds} background), "
+                f"  {split:5s}: {st.images} images ({st.labelled} labelled, {st.backgrounds} background{invalid}), "
                 f"{st.boxes} boxes"
             )
         per_class = Counter()
@@ -77,11 +88,12 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def read_data_yaml(path: Path | str, lenient: tuple[str, ...] = ()) -> DataSpec:
+def read_data_yaml(path: Path | str, lenient: tuple[str, ...] = (), datasets_dir: DatasetsDir = None) -> DataSpec:
     """Parse and resolve a data YAML; problems go to `DataSpec.issues` (nothing is raised for bad data).
 
     train and val are required; a split that is missing, not found or empty is an error, unless it is in
-    `lenient` (then a warning: e.g. a set that has no val split yet, about to be split).
+    `lenient` (then a warning: e.g. a set that has no val split yet, about to be split). `datasets_dir`: where
+    Ultralytics looks for a relative `path:` that does not exist from the current folder (see the module doc).
     """
     path = Path(path)
     issues = Issues()
@@ -110,7 +122,7 @@ def read_data_yaml(path: Path | str, lenient: tuple[str, ...] = ()) -> DataSpec:
     if root:
         spec.root = Path(str(root))
         if not spec.root.exists() and not spec.root.is_absolute():
-            spec.root = _ultralytics_datasets_dir() / spec.root
+            spec.root = _datasets_dir(datasets_dir) / spec.root
         if not Path(str(root)).is_absolute():
             issues.warn(
                 path,
@@ -178,18 +190,21 @@ def _walk_images(folder: Path) -> list[str]:
     return found
 
 
-def _ultralytics_datasets_dir() -> Path:
-    try:
-        from ultralytics.utils import DATASETS_DIR
-    except Exception:  # ultralytics not importable: the data tools still work for absolute paths
-        return Path.cwd()
-    return Path(DATASETS_DIR)
+def _datasets_dir(given: DatasetsDir) -> Path:
+    """`given` (called if it is a function), else the DATASETS_DIR of an Ultralytics the program already imported,
+    else the current folder (then an absolute `path:` or none at all is what works)."""
+    if callable(given):
+        given = given()
+    if given is not None:
+        return Path(given)
+    loaded = sys.modules.get("ultralytics.utils")  # never imported from here: only ultra_vil.yolo may
+    return Path(getattr(loaded, "DATASETS_DIR", None) or Path.cwd())
 
 
-def check_yolo_dataset(data_yaml: Path | str, decode: bool = True) -> CheckReport:
+def check_yolo_dataset(data_yaml: Path | str, decode: bool = True, datasets_dir: DatasetsDir = None) -> CheckReport:
     """Check every split, image and label row of a data set. `decode=False` reads image headers only (faster,
-    but misses truncated files)."""
-    spec = read_data_yaml(data_yaml)
+    but misses truncated files). `datasets_dir`: as for `read_data_yaml`."""
+    spec = read_data_yaml(data_yaml, datasets_dir=datasets_dir)
     issues = spec.issues
     stats: dict[str, SplitStats] = {}
     nc = len(spec.names)
@@ -206,12 +221,16 @@ def check_yolo_dataset(data_yaml: Path | str, decode: bool = True) -> CheckRepor
             if not image.exists():
                 where = (list_file, line) if list_file else (image, None)
                 issues.error(*where, f"image not found: {image}")
+                st.invalid += 1
                 continue
+            before = len(issues.errors)
             _check_image(image, list_file, line, decode, issues)
             lp = label_path(image)
             labels_seen.add(lp.resolve())
             rows = _check_label_file(lp, nc, issues) if lp.is_file() else []
-            if rows:
+            if len(issues.errors) > before:  # Ultralytics drops such an image with all its rows
+                st.invalid += 1  # a broken image or label file: not a background image, whatever rows were valid
+            elif rows:
                 st.labelled += 1
                 st.boxes += len(rows)
                 st.per_class.update(rows)

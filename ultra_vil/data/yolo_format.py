@@ -17,17 +17,11 @@ from typing import Any
 
 import yaml
 
+from ultra_vil.data.base import IMG_FORMATS, is_image  # the one list of image extensions lives in base
 from ultra_vil.data.issues import DatasetError, Issues
 
-# Ultralytics' ultralytics.data.utils.IMG_FORMATS (8.4), copied so that the data tools do not import ultralytics.
-IMG_FORMATS = frozenset(
-    {"avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp"}
-)
+__all__ = ["IMG_FORMATS", "SPLITS", "dump_data_yaml", "image_size", "is_image", "label_path", "names_from_yaml"]
 SPLITS = ("train", "val", "test")
-
-
-def is_image(path: Path | str) -> bool:
-    return str(path).rpartition(".")[-1].lower() in IMG_FORMATS
 
 
 def label_path(image: Path | str) -> Path:
