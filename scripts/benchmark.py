@@ -1,227 +1,515 @@
 #!/usr/bin/env python3
-"""Speed and memory of ViL against attention, C2f and stock YOLOv8, on the current device.
+"""Speed and memory of ViL against attention and against other implementations, side by side on one device.
 
 Examples:
-    python scripts/benchmark.py --quick --out-dir results/bench-cpu          # 2-core CPU, under 3 minutes
-    python scripts/benchmark.py --device cuda --out-dir results/bench-gpu    # the full run
-    python scripts/benchmark.py --only mlstm --out-dir results/bench-mlstm
+    python scripts/benchmark.py --quick --out-dir results/bench-quick          # 2-core CPU, under 3 minutes
+    python scripts/benchmark.py --out-dir results/bench-cpu \\
+        --baseline-src /work/baseline-3c73528 --official-src /tmp/official      # the CPU tables of issue 9
+    python scripts/benchmark.py --device cuda --out-dir results/bench-gpu       # GPU: everything, one command
+    python scripts/benchmark.py --only mlstm,dispatch --update-dispatch         # re-measure `auto`'s thresholds
 
-Sections (--only picks some):
-    mlstm       mLSTM backends vs PyTorch SDPA attention, fwd+bwd, B=8 NH=4 DH=64, S = 196 ... 25600
-    block       ViL block pair vs a transformer block pair (SDPA) vs C2f on a stride-16 map, image 320 ... 1280
-    classifier  ViL-T training step at 224 px (img/s), eager and torch.compile (+ compile warm-up)
-    yolo        YOLOv8n vs YOLOv8n-ViL: fwd+bwd img/s at 640, batch-1 latency, peak memory
+Sections (--only picks some); every comparison is interleaved (A, B, A, B, ... in one process, or across worker
+processes for other checkouts) and reports the minimum and the median over rounds:
+    mlstm       mLSTM backends (parallel, chunkwise, recurrent at small S, triton on CUDA, auto) vs PyTorch SDPA,
+                fwd+bwd, B=8 NH=4 DH=64, S = 196 ... 6400 (25600 on CUDA); time and peak memory
+    dispatch    parallel vs chunkwise (vs triton) over an S grid per dtype: the thresholds of `auto`, written to
+                mlstm_dispatch.json; checks `auto` is within 10% of the fastest backend at every S
+    block       ViLBlockPair(256) vs nn.TransformerEncoderLayer(256, 4, 1024, norm_first=True, batch_first=True),
+                batch 1, image 320 ... 1280 px at stride 16 (400 ... 6400 tokens), fwd+bwd time and peak memory
+    classifier  ViL-T at 224 px, batch 8: training step (fwd + bwd + AdamW) and inference, img/s; this checkout vs
+                --baseline-src (another ultra-vil checkout) vs --official-src (a folder holding NX-AI's
+                `vision_lstm` package), each in its own worker process, rounds interleaved across them
+    yolo        stock YOLOv8n vs YOLOv8n-ViL: batch-1 fused inference at 640 (PyTorch, and ONNX Runtime when
+                installed), fwd+bwd at 640 batch 4: time and peak memory
 
-Writes benchmark.csv (section, name, x, time_ms, peak_mem_mb, throughput, note), benchmark.md (the tables) and
-benchmark.png (time and memory vs sequence length, log-log) into --out-dir, and prints the tables.
-Every mLSTM backend is first checked against the float64 reference; one that disagrees is not timed.
+--device cuda first runs the Triton kernel's correctness check on the GPU (ultra_vil.mlstm_triton.check_on_device);
+a kernel that fails it is not timed. Every mLSTM backend is checked against the float64 recurrence before timing.
+Writes benchmark.csv (one row per contender and size), benchmark.md (the target table of issue 9 first, then
+every section), benchmark.png and mlstm_dispatch.json into --out-dir; --update-dispatch also writes the package
+copy ultra_vil/mlstm_dispatch.json that `mlstm(backend="auto")` reads. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import dataclasses
+import datetime
 import logging
 import math
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from ultra_vil.benchmark import TransformerBlock, check_backend, mlstm_inputs, peak_mem_mb, sdpa_step, time_ms
-from ultra_vil.mlstm import mlstm, select_backend
+from ultra_vil import benchmark as B
+from ultra_vil import measure
 
 LOGGER = logging.getLogger("benchmark")
-SECTIONS = ("mlstm", "block", "classifier", "yolo")
-FIELDS = ["section", "name", "x", "time_ms", "peak_mem_mb", "throughput", "note"]
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("mlstm", "dispatch", "block", "classifier", "yolo")
+FIELDS = ["section", "name", "x", "min_ms", "median_ms", "rounds", "peak_mem_mb", "throughput", "vs", "ratio_min",
+          "ratio_median", "note"]  # fmt: skip
+
+
+@dataclasses.dataclass
+class Preset:
+    """Sizes and round counts of one run; `full` is the issue's table, `quick` < 3 min on 2 cores, `tiny` for tests."""
+
+    rounds: int = 5
+    min_rounds: int = 3
+    warmup: int = 1
+    max_seconds: float = 60.0  # per comparison: stop adding rounds after this (but run min_rounds)
+    mlstm_shape: tuple = (8, 4, 64)  # B, NH, DH
+    mlstm_seqs: tuple = (196, 400, 1600, 6400)
+    recurrent_max_seq: int = 400
+    dispatch_seqs: tuple = (64, 128, 196, 256, 400, 576, 784, 1024)
+    block_dim: int = 256
+    block_sizes: tuple = (320, 640, 960, 1280)
+    classifier_img: int = 224
+    classifier_batch: int = 8
+    classifier_kw: dict = dataclasses.field(default_factory=dict)  # model overrides (tiny models for tests)
+    yolo_size: int = 640
+    yolo_batch: int = 4
+    latency_rounds: int = 20
+
+
+PRESETS = {
+    "full": Preset(),
+    "quick": Preset(rounds=3, min_rounds=2, max_seconds=8.0, mlstm_seqs=(196, 400, 1600), recurrent_max_seq=196,
+                    dispatch_seqs=(128, 256, 512), block_sizes=(320, 640), classifier_batch=2, yolo_size=320,
+                    yolo_batch=2, latency_rounds=5),
+    "tiny": Preset(rounds=2, min_rounds=1, warmup=1, max_seconds=2.0, mlstm_shape=(1, 2, 16), mlstm_seqs=(16, 40),
+                   recurrent_max_seq=40, dispatch_seqs=(8, 16, 32), block_dim=32, block_sizes=(64, 96),
+                   classifier_img=32, classifier_batch=2,
+                   classifier_kw=dict(dim=32, num_blocks=2, patch_size=8), yolo_size=64, yolo_batch=1,
+                   latency_rounds=2),
+}  # fmt: skip
+CUDA_OVERRIDES = dict(mlstm_seqs=(196, 400, 1600, 6400, 25600), recurrent_max_seq=400,
+                      dispatch_seqs=(64, 128, 196, 256, 400, 576, 784, 1024, 1600, 2304, 4096, 6400),
+                      classifier_batch=256, yolo_batch=64)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--quick", action="store_true", help="small sizes, no compile: < 3 min on a 2-core CPU")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or N")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds: < 3 min on a 2-core CPU")
+    size.add_argument("--tiny", action="store_true", help="toy sizes for tests (seconds; the numbers mean nothing)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--out-dir", type=Path, default=Path("results/benchmark"))
-    p.add_argument("--yolo-cfg", default="cfg/yolov8n-vil.yaml", help="the ViL model of the yolo section")
+    p.add_argument("--rounds", type=int, help="timed rounds per comparison (default: by preset)")
+    p.add_argument("--max-seconds", type=float, help="per comparison, stop adding rounds after this long")
+    p.add_argument("--baseline-src", type=Path, help="another ultra-vil checkout to time in the classifier section")
+    p.add_argument("--official-src", type=Path, help="a folder holding NX-AI's vision_lstm package (vision_lstm2.py)")
+    p.add_argument("--yolo-cfg", default="cfg/yolov8n-vil.yaml",
+                   help="the ViL model of the yolo section (Ultralytics' scale-in-the-name rule: yolov8n-vil.yaml "
+                        "builds cfg/yolov8-vil.yaml at scale n)")  # fmt: skip
+    p.add_argument("--classifier-batch", type=int, help="batch of the classifier section (default 8; 256 on CUDA)")
+    p.add_argument("--yolo-batch", type=int, help="batch of the yolo fwd+bwd (default 4; 64 on CUDA)")
+    p.add_argument("--update-dispatch", action="store_true",
+                   help=f"also write the measured thresholds to {B.DISPATCH_FILE.relative_to(REPO)} (what auto reads)")
     return p
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
-    return device
+def row(section, name, x, res=None, mem=None, thr=None, vs="", ratio=None, note=""):
+    """One CSV row; `res` is a compare_interleaved entry, `ratio` (min/min, median/median) against `vs`."""
+    fmt = lambda v, d: "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, d)  # noqa: E731
+    return dict(section=section, name=name, x=x, min_ms=fmt(res and res["min"], 3),
+                median_ms=fmt(res and res["median"], 3), rounds=len(res["times"]) if res else "",
+                peak_mem_mb=fmt(mem, 3), throughput=fmt(thr, 2), vs=vs, ratio_min=fmt(ratio and ratio[0], 3),
+                ratio_median=fmt(ratio and ratio[1], 3), note=note)  # fmt: skip
 
 
-def row(section, name, x, t=None, mem=None, thr=None, note=""):
-    fmt = lambda v, d: "" if v is None else round(v, d)  # noqa: E731
-    return dict(section=section, name=name, x=x, time_ms=fmt(t, 3), peak_mem_mb=fmt(mem, 1),
-                throughput=fmt(thr, 1), note=note)
+def compare(fns, preset: Preset, device) -> dict:
+    return measure.compare_interleaved(fns, rounds=preset.rounds, warmup=preset.warmup, device=device,
+                                       max_seconds=preset.max_seconds, min_rounds=preset.min_rounds)  # fmt: skip
 
 
-def bench_mlstm(device, quick):
-    """(a) fwd+bwd of each backend and of SDPA over S, B=8 NH=4 DH=64."""
-    B, NH, DH = 8, 4, 64
-    seqs = [196, 400, 1600, 6400] if quick else [196, 400, 1600, 6400, 25600]
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    mem_budget = (torch.cuda.get_device_properties(device).total_memory * 0.6 if device.type == "cuda"
-                  else 6 * 2**30)
-    rows = []
-    backends = ["parallel", "chunkwise", "recurrent", "auto"]
-    for be in backends[:3]:
-        err = check_backend(be, NH, DH, device, dtype)
-        LOGGER.info("correctness guard: %s rel. error %.1e vs float64 reference", be, err)
-    for S in seqs:
-        for be in backends:
-            chosen = select_backend(S, device, dtype) if be == "auto" else be
-            if chosen == "parallel" and B * NH * S * S * 4 * 6 > mem_budget:
-                rows.append(row("mlstm", be, S, note="skipped: O(S^2) memory"))
-                continue
-            if chosen == "recurrent" and S > (400 if quick else 1600):
-                rows.append(row("mlstm", be, S, note="skipped: step loop too slow"))
-                continue
-            ins = mlstm_inputs(B, NH, S, DH, dtype, device)
+def mlstm_dtype(device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
-            def step():
-                mlstm(*ins, backend=be).float().sum().backward()
 
-            t = time_ms(step, device, warmup=1, repeat=3 if quick else 10)
-            rows.append(row("mlstm", be, S, t, peak_mem_mb(step, device), note=f"-> {chosen}" if be == "auto" else ""))
-            LOGGER.info("mlstm %-9s S=%5d %9.2f ms", be, S, t)
-        q, k, v = (torch.randn(B, NH, S, DH, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-        if device.type == "cpu" and B * NH * S * S * 4 * 3 > mem_budget:
-            rows.append(row("mlstm", "sdpa", S, note="skipped: O(S^2) memory on CPU"))
+# ------------------------------------------------------------------------------------------------ (a) mLSTM
+def triton_status(device) -> tuple[bool, str]:
+    """(time the triton backend?, why / the GPU check's result). Only on CUDA: the CPU interpreter is for tests."""
+    try:
+        from ultra_vil import mlstm_triton
+    except ImportError as e:
+        return False, f"triton backend not importable ({e})"
+    if device.type != "cuda":
+        return False, "triton: CUDA only (the CPU interpreter is for tests, not timing)"
+    if not mlstm_triton.available(device):
+        return False, "triton: not available on this device"
+    check = getattr(mlstm_triton, "check_on_device", None)
+    if check is None:
+        return True, "triton: the module has no check_on_device: GPU correctness check skipped"
+    try:
+        err = check(device)
+    except RuntimeError as e:
+        return False, f"triton: GPU correctness check FAILED, not timed: {e}"
+    return True, f"triton: GPU correctness check passed (error {err:.1e})"
+
+
+def guarded_backends(backends, NH, DH, device, dtype, notes) -> list[str]:
+    """The backends that pass the float64 guard (a failing one is reported in `notes` and not timed)."""
+    ok = []
+    for be in backends:
+        try:
+            err = B.check_backend(be, NH, DH, device, dtype)
+        except RuntimeError as e:
+            notes.append(f"guard: {e}: not timed")
+            LOGGER.warning("guard: %s", e)
             continue
-        t = time_ms(lambda: sdpa_step(q, k, v), device, warmup=1, repeat=3 if quick else 10)
-        rows.append(row("mlstm", "sdpa", S, t, peak_mem_mb(lambda: sdpa_step(q, k, v), device), note=str(dtype)))
-        LOGGER.info("mlstm %-9s S=%5d %9.2f ms", "sdpa", S, t)
+        LOGGER.info("guard: %s rel. error %.1e vs float64 reference", be, err)
+        ok.append(be)
+    return ok
+
+
+def auto_choice(S, device, dtype) -> str:
+    from ultra_vil.mlstm import select_backend
+
+    try:
+        return select_backend(S, device, dtype)
+    except TypeError:  # a changed signature: report what we can
+        return "?"
+
+
+def mlstm_step(ins, backend):
+    def step():
+        B.mlstm(*ins, backend=backend).float().sum().backward()
+
+    return step
+
+
+def bench_mlstm(preset: Preset, device, triton: bool, notes: list[str]) -> list[dict]:
+    """(a) fwd+bwd of each backend and of SDPA over S, interleaved at each S; peak memory of one untimed run."""
+    Bsz, NH, DH = preset.mlstm_shape
+    dtype = mlstm_dtype(device)
+    budget = torch.cuda.get_device_properties(device).total_memory * 0.5 if device.type == "cuda" else 3 * 2**30
+    backends = guarded_backends(["parallel", "chunkwise", "recurrent"] + (["triton"] if triton else []), NH, DH,
+                                device, dtype, notes)  # fmt: skip
+    rows = []
+    for S in preset.mlstm_seqs:
+        fns, skipped = {}, {}
+        for be in [*backends, "auto"]:
+            chosen = auto_choice(S, device, dtype) if be == "auto" else be
+            if chosen == "parallel" and Bsz * NH * S * S * 4 * 6 > budget:
+                skipped[be] = "skipped: O(S^2) memory"
+            elif chosen == "recurrent" and S > preset.recurrent_max_seq:
+                skipped[be] = "skipped: step loop too slow at this S"
+            else:
+                fns[be] = mlstm_step(B.mlstm_inputs(Bsz, NH, S, DH, dtype, device), be)
+        q, k, v = (torch.randn(Bsz, NH, S, DH, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        fns["sdpa"] = lambda q=q, k=k, v=v: B.sdpa_step(q, k, v)
+        res = compare(fns, preset, device)
+        for name, r in res.items():
+            mem = measure.peak_mem_mb(fns[name], device)
+            note = f"-> {auto_choice(S, device, dtype)}" if name == "auto" else (str(dtype) if name == "sdpa" else "")
+            rows.append(row("mlstm", name, S, r, mem, vs="sdpa", ratio=measure.ratios(res, name, "sdpa"), note=note))
+            LOGGER.info("mlstm %-9s S=%5d min %9.2f ms median %9.2f ms  %7.1f MiB", name, S, r["min"], r["median"], mem)
+        rows += [row("mlstm", name, S, note=why) for name, why in skipped.items()]
     return rows
 
 
-def bench_block(device, quick):
-    """(b) one ViL block pair vs two transformer blocks vs C2f, width 192, stride-16 map, fwd+bwd."""
-    from ultra_vil.vil import ViLStack
+# --------------------------------------------------------------------------------------------- dispatch table
+def bench_dispatch(preset: Preset, device, triton: bool, notes: list[str]) -> tuple[list[dict], dict]:
+    """Thresholds of `auto` per dtype from an interleaved grid; `auto` (as dispatched now) timed alongside."""
+    Bsz, NH, DH = preset.mlstm_shape
+    dtypes = [torch.bfloat16, torch.float16, torch.float32] if device.type == "cuda" else [torch.float32]
+    rows, measured = [], {}
+    for dtype in dtypes:
+        backends = guarded_backends(["parallel", "chunkwise"] + (["triton"] if triton else []), NH, DH, device,
+                                    dtype, notes)  # fmt: skip
+        grid = {}
+        for S in preset.dispatch_seqs:
+            fns = {be: mlstm_step(B.mlstm_inputs(Bsz, NH, S, DH, dtype, device), be) for be in [*backends, "auto"]}
+            grid[S] = compare(fns, preset, device)
+        entry = B.pick_thresholds({S: {k: v for k, v in r.items() if k != "auto"} for S, r in grid.items()})
+        measured[B.dtype_name(dtype)] = entry
+        for S, res in grid.items():
+            fastest = min((k for k in res if k != "auto"), key=lambda k: res[k]["min"])
+            picked = B.dispatch_pick(S, entry, triton="triton" in res)
+            for name, r in res.items():
+                note = f"-> {auto_choice(S, device, dtype)} (package table)" if name == "auto" else ""
+                if name == picked:
+                    note = (note + "; " if note else "") + "picked by the measured table"
+                rows.append(row("dispatch", f"{name} {B.dtype_name(dtype)}", S, r, vs=f"fastest ({fastest})",
+                                ratio=measure.ratios(res, name, fastest), note=note))  # fmt: skip
+        LOGGER.info("dispatch %s %s: %s", device.type, B.dtype_name(dtype), entry)
+    return rows, {device.type: measured}
 
-    try:
-        from ultralytics.nn.modules import C2f
-    except ImportError:  # pragma: no cover - ultralytics is a requirement
-        C2f = None
-    C, B = 192, (1 if quick else 8)
-    sizes = [320, 640, 960] if quick else [320, 640, 960, 1280]
+
+# ------------------------------------------------------------------------------------------------ (b) block
+def bench_block(preset: Preset, device) -> list[dict]:
+    """(b) ViLBlockPair(dim) vs PyTorch's pre-norm transformer layer, batch 1, tokens at stride 16, fwd+bwd."""
+    from ultra_vil.vil import ViLBlockPair
+
+    D = preset.block_dim
     torch.manual_seed(0)
-    vil = ViLStack(C, 2).to(device)
-    vit = torch.nn.Sequential(TransformerBlock(C), TransformerBlock(C)).to(device)
-    c2f = C2f(C, C, n=1, shortcut=True).to(device) if C2f is not None else None
+    vil = ViLBlockPair(D).to(device)
+    tr = B.transformer_block(D).to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     rows = []
-    for size in sizes:
+    for size in preset.block_sizes:
         H = W = size // 16
         S = H * W
-        x = torch.randn(B, S, C, device=device)
-        img = torch.randn(B, C, H, W, device=device)
-        cases = {"vil_pair": lambda: vil(x, (H, W)), "transformer_pair": lambda: vit(x)}
-        if c2f is not None:
-            cases["c2f"] = lambda: c2f(img)
-        for name, fwd in cases.items():
-            def step(fwd=fwd):
+        x = torch.randn(1, S, D, device=device)
+
+        def step(fwd):
+            def run():
                 with amp:
                     out = fwd()
                 out.float().sum().backward()
 
-            t = time_ms(step, device, warmup=1, repeat=3 if quick else 10)
-            rows.append(row("block", name, size, t, peak_mem_mb(step, device), note=f"S={S}, B={B}, C={C}"))
-            LOGGER.info("block %-16s %4d px %9.2f ms", name, size, t)
+            return run
+
+        fns = {"vil_pair": step(lambda: vil(x, (H, W))), "transformer_layer": step(lambda: tr(x))}
+        res = compare(fns, preset, device)
+        mems = {name: measure.peak_mem_mb(fn, device) for name, fn in fns.items()}
+        for name, r in res.items():
+            ratio = measure.ratios(res, name, "transformer_layer")
+            rows.append(row("block", name, size, r, mems[name], vs="transformer_layer", ratio=ratio,
+                            note=f"S={S} tokens, batch 1, width {D}; memory ratio "
+                                 f"{mems[name] / max(mems['transformer_layer'], 1e-9):.2f}"))  # fmt: skip
+            LOGGER.info("block %-17s %4d px min %8.2f ms median %8.2f ms %8.1f MiB", name, size, r["min"],
+                        r["median"], mems[name])  # fmt: skip
     return rows
 
 
-def bench_classifier(device, quick):
-    """(c) ViL-T training step at 224 (AdamW, bf16 autocast on GPU): img/s eager and compiled."""
-    from ultra_vil import create_model
-
-    B = 8 if quick else (256 if device.type == "cuda" else 32)
-    rows = []
-    modes = ["eager"] if quick else ["eager", "compiled"]
-    for mode in modes:
-        torch.manual_seed(0)
-        model = create_model("vil_t").to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        fwd = torch.compile(model) if mode == "compiled" else model
-        x = torch.randn(B, 3, 224, 224, device=device)
-        y = torch.randint(0, 1000, (B,), device=device)
-        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-        def step():
-            with amp:
-                loss = torch.nn.functional.cross_entropy(fwd(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        t0 = time.perf_counter()
-        step()
-        torch.cuda.synchronize(device) if device.type == "cuda" else None
-        warmup_s = time.perf_counter() - t0
-        t = time_ms(step, device, warmup=1, repeat=3 if quick else 10)
-        rows.append(row("classifier", f"vil_t_{mode}", 224, t, peak_mem_mb(step, device), B / t * 1e3,
-                        note=f"B={B}, first step {warmup_s:.1f} s"))
-        LOGGER.info("classifier ViL-T %s: %.1f img/s (first step %.1f s)", mode, B / t * 1e3, warmup_s)
-    return rows
-
-
-def bench_yolo(device, quick, vil_cfg):
-    """(d) stock YOLOv8n vs YOLOv8n-ViL at 640: fwd+bwd img/s (network only, loss excluded), batch-1 latency."""
+# ------------------------------------------------------------------------------------------- (c) classifier
+def bench_classifier(preset: Preset, device, baseline_src: Path | None, official_src: Path | None) -> list[dict]:
+    """(c) ViL-T train step and inference, this checkout vs others, each in a worker; rounds interleaved across them."""
+    size, batch, kw = preset.classifier_img, preset.classifier_batch, preset.classifier_kw
+    ours_kw = dict(name="vil_t", img_size=size, **kw)
+    official_kw = dict(dim=kw.get("dim", 192), depth=kw.get("num_blocks", 24) // 2, patch_size=kw.get("patch_size", 16),
+                       input_shape=[3, size, size])  # fmt: skip
+    common = dict(batch=batch, img_size=size, device=str(device))
+    specs = [("ours", REPO, "ultra_vil", ours_kw)]
+    if baseline_src is not None:
+        specs.append(("baseline", baseline_src, "ultra_vil", ours_kw))
+    if official_src is not None:
+        specs.append(("official", official_src, "official", official_kw))
+    for name, src, _, _ in specs:
+        if not Path(src).is_dir():
+            raise SystemExit(f"error: --{name}-src {src}: not a directory")
+    workers = {}
     try:
-        import ultra_vil.yolo  # noqa: F401  registers the ViL modules
-        from ultralytics.nn.tasks import DetectionModel
-    except ImportError as e:
-        return [row("yolo", "yolov8n-vil", 640, note=f"skipped: {e}")]
-    if not Path(vil_cfg).exists():
-        return [row("yolo", "yolov8n-vil", 640, note=f"skipped: {vil_cfg} not found")]
-    B = 2 if quick else (64 if device.type == "cuda" else 8)
-    rows = []
-    for name, cfg in [("yolov8n", "yolov8n.yaml"), ("yolov8n-vil", vil_cfg)]:
-        torch.manual_seed(0)
-        model = DetectionModel(cfg, nc=80, verbose=False).to(device)
-        x = torch.randn(B, 3, 640, 640, device=device)
-        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        for name, src, kind, model_kw in specs:
+            workers[name] = B.Worker(src, "classifier", name, kind=kind, model_kw=model_kw, **common)
+            LOGGER.info("classifier: %s from %s (%d params)", name, workers[name].info["origin"],
+                        workers[name].info["params"])  # fmt: skip
+        rows = []
+        ref = "official" if "official" in workers else "baseline" if "baseline" in workers else ""
+        for step in ("train", "infer"):
+            res = compare({name: w.fn(step) for name, w in workers.items()}, preset, device)
+            for name, r in res.items():
+                mem = workers[name].peak_mem_mb(step) if step == "train" else None
+                ratio = measure.ratios(res, name, ref) if ref else None
+                info = workers[name].info
+                rows.append(row("classifier", f"{name}_{step}", size, r, mem, batch / r["min"] * 1e3, vs=ref,
+                                ratio=ratio, note=f"batch {batch}, {info['params']:,} params, "
+                                                  f"{Path(info['origin']).parent}"))  # fmt: skip
+                LOGGER.info("classifier %-9s %s: min %8.1f ms (%6.1f img/s), median %8.1f ms", name, step, r["min"],
+                            batch / r["min"] * 1e3, r["median"])  # fmt: skip
+        return rows
+    finally:
+        for w in workers.values():
+            w.close()
 
-        def train_step():
+
+# ------------------------------------------------------------------------------------------------- (d) yolo
+def tensor_sum(out) -> torch.Tensor:
+    """Sum of every tensor in a model output (Ultralytics' train-mode Detect returns a dict of tensors and lists)."""
+    if isinstance(out, torch.Tensor):
+        return out.float().sum()
+    items = out.values() if isinstance(out, dict) else out
+    return sum(tensor_sum(o) for o in items)
+
+
+def onnx_session(model, x, path: Path):
+    """Export a fused eval model to ONNX (TorchScript exporter, fixed shape) and open it in ONNX Runtime."""
+    import onnxruntime as ort
+
+    from ultralytics.nn.modules import Detect
+
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, Detect):  # what Ultralytics' exporter sets: one output tensor, no training branches
+            mod.export, mod.format = True, "onnx"
+    with torch.no_grad():
+        torch.onnx.export(m, x, str(path), opset_version=17, input_names=["images"], output_names=["output0"],
+                          dynamo=False)  # fmt: skip
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as the PyTorch timing
+    providers = ["CUDAExecutionProvider"] if x.is_cuda and "CUDAExecutionProvider" in ort.get_available_providers() \
+        else ["CPUExecutionProvider"]  # fmt: skip
+    session = ort.InferenceSession(str(path), opts, providers=providers)
+    feed = {session.get_inputs()[0].name: x.cpu().numpy()}
+    return lambda: session.run(None, feed), providers[0]
+
+
+def bench_yolo(preset: Preset, device, vil_cfg: str) -> list[dict]:
+    """(d) stock YOLOv8n vs YOLOv8n-ViL: fwd+bwd (network only, loss excluded) and batch-1 fused inference."""
+    import ultra_vil.yolo  # noqa: F401  registers the ViL modules with Ultralytics' parser
+    from ultralytics.nn.tasks import DetectionModel
+
+    size, batch = preset.yolo_size, preset.yolo_batch
+    cfgs = {"yolov8n": "yolov8n.yaml", "yolov8n-vil": vil_cfg}
+    models = {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(0)
+        models[name] = DetectionModel(cfg, nc=80, verbose=False).to(device)  # a missing cfg raises here, named
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    x = torch.randn(batch, 3, size, size, device=device)
+
+    def train_step(model):
+        def run():
             model.train()
             with amp:
                 out = model(x)
-            sum(o.float().sum() for o in out).backward()
+            tensor_sum(out).backward()
 
-        t = time_ms(train_step, device, warmup=1, repeat=2 if quick else 10)
-        mem = peak_mem_mb(train_step, device)
-        rows.append(row("yolo", f"{name}_train", 640, t, mem, B / t * 1e3, note=f"B={B}, fwd+bwd"))
-        model.eval()
-        one = torch.randn(1, 3, 640, 640, device=device)
-        with torch.inference_mode():
-            lat = time_ms(lambda: model(one), device, warmup=2, repeat=5 if quick else 50)
-        rows.append(row("yolo", f"{name}_latency", 640, lat, note="batch 1, eval"))
-        LOGGER.info("yolo %-12s train %.1f img/s, latency %.1f ms", name, B / t * 1e3, lat)
+        return run
+
+    rows = []
+    fns = {name: train_step(m) for name, m in models.items()}
+    res = compare(fns, preset, device)
+    mems = {name: measure.peak_mem_mb(fn, device) for name, fn in fns.items()}
+    for name, r in res.items():
+        rows.append(row("yolo", f"{name}_train", size, r, mems[name], batch / r["min"] * 1e3, vs="yolov8n_train",
+                        ratio=measure.ratios(res, name, "yolov8n"),
+                        note=f"fwd+bwd, batch {batch}; memory ratio {mems[name] / mems['yolov8n']:.2f}"))  # fmt: skip
+        LOGGER.info("yolo %-12s fwd+bwd min %8.1f ms median %8.1f ms %8.1f MiB", name, r["min"], r["median"],
+                    mems[name])  # fmt: skip
+
+    fused = {name: copy.deepcopy(m).float().fuse().eval() for name, m in models.items()}
+    one = torch.rand(1, 3, size, size, device=device)
+
+    def infer(model):
+        def run():
+            with torch.inference_mode():
+                model(one)
+
+        return run
+
+    lat_preset = dataclasses.replace(preset, rounds=preset.latency_rounds, warmup=max(preset.warmup, 2))
+    res = compare({name: infer(m) for name, m in fused.items()}, lat_preset, device)
+    for name, r in res.items():
+        rows.append(row("yolo", f"{name}_torch", size, r, vs="yolov8n_torch", ratio=measure.ratios(res, name, "yolov8n"),
+                        note="batch 1, fused, eval, PyTorch"))  # fmt: skip
+        LOGGER.info("yolo %-12s torch batch-1 min %7.2f ms median %7.2f ms", name, r["min"], r["median"])
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return rows + [row("yolo", "onnx", size, note="skipped: onnxruntime is not installed")]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            sessions = {name: onnx_session(m, one, Path(tmp) / f"{name}.onnx") for name, m in fused.items()}
+        except Exception as e:  # an export failure is a finding to report, not a reason to lose the other rows
+            LOGGER.warning("yolo: ONNX export failed: %s", e)
+            return rows + [row("yolo", "onnx", size, note=f"ONNX export failed: {type(e).__name__}: {e}"[:300])]
+        res = compare({name: s[0] for name, s in sessions.items()}, lat_preset, None)
+        for name, r in res.items():
+            rows.append(row("yolo", f"{name}_onnx", size, r, vs="yolov8n_onnx", ratio=measure.ratios(res, name, "yolov8n"),
+                            note=f"batch 1, fused, ONNX Runtime {sessions[name][1]}"))  # fmt: skip
+            LOGGER.info("yolo %-12s onnx batch-1 min %7.2f ms median %7.2f ms", name, r["min"], r["median"])
     return rows
 
 
-def write_outputs(rows, out_dir: Path, header: str) -> None:
+# ----------------------------------------------------------------------------------------------- the report
+def _get(rows, section, name, x=None):
+    for r in rows:
+        if r["section"] == section and r["name"] == name and (x is None or r["x"] == x) and r["min_ms"] != "":
+            return r
+    return None
+
+
+def targets(rows) -> list[tuple[str, str, str, str]]:
+    """(measured, min ratio, median ratio, target and verdict) for each row of issue 9's table that was run."""
+    out = []
+
+    def verdict(value, limit, at_most=True):
+        ok = value <= limit if at_most else value >= limit
+        return "met" if ok else "missed"
+
+    def add(what, r_min, r_med, limit, at_most=True, fmt="{:.2f}x"):
+        target = f"{'<=' if at_most else '>='} {limit}x"
+        out.append((what, fmt.format(r_min), fmt.format(r_med),
+                    f"{target}: {verdict(r_min, limit, at_most)} (min), {verdict(r_med, limit, at_most)} (median)"))
+
+    for px, limit in ((320, 1.5), (640, 1.0), (1280, 0.5)):
+        r = _get(rows, "block", "vil_pair", px)
+        if r:
+            add(f"ViLBlockPair(256) vs transformer layer, fwd+bwd time, {(px // 16) ** 2} tokens ({px} px)",
+                r["ratio_min"], r["ratio_median"], limit)
+    mem = [(r["x"], r["peak_mem_mb"] / t["peak_mem_mb"]) for r in rows if r["section"] == "block" and
+           r["name"] == "vil_pair" and r["peak_mem_mb"] != "" and (t := _get(rows, "block", "transformer_layer", r["x"]))
+           and t["peak_mem_mb"]]  # fmt: skip
+    if mem:
+        worst = max(m for _, m in mem)
+        out.append(("same, peak memory, worst size (" + ", ".join(f"{px} px {m:.2f}x" for px, m in mem) + ")",
+                    f"{worst:.2f}x", f"{worst:.2f}x", f"<= 2.5x: {verdict(worst, 2.5)}"))
+    for step, what in (("train", "training step (fwd + bwd + AdamW)"), ("infer", "inference")):
+        for other in ("official", "baseline"):
+            r, o = _get(rows, "classifier", f"ours_{step}"), _get(rows, "classifier", f"{other}_{step}")
+            if r and o:
+                s_min, s_med = o["min_ms"] / r["min_ms"], o["median_ms"] / r["median_ms"]
+                target = 1.3 if other == "official" else None
+                label = f"ViL-T {what}, {r['x']} px, speed-up vs {other}" + (" (3c73528)" if other == "baseline" else "")
+                if target:
+                    add(label, s_min, s_med, target, at_most=False)
+                else:
+                    out.append((label, f"{s_min:.2f}x", f"{s_med:.2f}x", "(>= 1.3x official is about 1.3-1.5x this)"))
+    for name, what, limit in (("yolov8n-vil_torch", "batch-1 fused inference, PyTorch", 1.15),
+                              ("yolov8n-vil_onnx", "batch-1 fused inference, ONNX Runtime", 1.15),
+                              ("yolov8n-vil_train", "fwd+bwd time", 1.15)):  # fmt: skip
+        r = _get(rows, "yolo", name)
+        if r:
+            add(f"YOLOv8n-ViL vs YOLOv8n, {what}", r["ratio_min"], r["ratio_median"], limit)
+    r, s = _get(rows, "yolo", "yolov8n-vil_train"), _get(rows, "yolo", "yolov8n_train")
+    if r and s and s["peak_mem_mb"]:
+        m = r["peak_mem_mb"] / s["peak_mem_mb"]
+        out.append(("YOLOv8n-ViL vs YOLOv8n, fwd+bwd peak memory", f"{m:.2f}x", f"{m:.2f}x", f"<= 1.25x: {verdict(m, 1.25)}"))
+    autos = [r for r in rows if r["section"] == "dispatch" and r["name"].startswith("auto ") and r["ratio_min"] != ""]
+    if autos:
+        w_min = max(r["ratio_min"] for r in autos)
+        w_med = max(r["ratio_median"] for r in autos)
+        add("mLSTM `auto` vs the fastest backend, worst S of the grid", w_min, w_med, 1.1)
+    return out
+
+
+def write_outputs(rows, out_dir: Path, header: str, notes: list[str], dispatch: dict | None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "benchmark.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    lines = [header, ""]
+    lines = [f"# Benchmark ({header})", "",
+             "Interleaved rounds (A, B, A, B, ...), so contenders share the machine's noise; ratios are min/min and "
+             "median/median. Time ratio < 1: faster than the reference; speed-up > 1: faster.", ""]  # fmt: skip
+    tgt = targets(rows)
+    if tgt:
+        lines += ["## Targets of issue 9", "", "| measured | min ratio | median ratio | target |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in tgt] + [""]
+    if notes:
+        lines += ["Notes: " + "; ".join(notes), ""]
     for section in SECTIONS:
         sec = [r for r in rows if r["section"] == section]
         if not sec:
             continue
-        lines += [f"### {section}", "", "| name | x | time ms | peak MiB | img/s | note |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['name']} | {r['x']} | {r['time_ms']} | {r['peak_mem_mb']} | {r['throughput']} | {r['note']} |"
-                  for r in sec]
+        lines += [f"## {section}", "", "| name | x | min ms | median ms | rounds | peak MiB | img/s | vs | ratio min | "
+                  "ratio median | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["| " + " | ".join(str(r[k]) for k in FIELDS[1:]) + " |" for r in sec]
         lines.append("")
+        if section == "dispatch" and dispatch:
+            lines += ["Measured thresholds (`mlstm_dispatch.json`):", "", "```json",
+                      __import__("json").dumps(dispatch, indent=2), "```", ""]  # fmt: skip
     text = "\n".join(lines)
     (out_dir / "benchmark.md").write_text(text)
     print(text)
@@ -234,15 +522,15 @@ def plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     for col, (section, xlabel) in enumerate([("mlstm", "sequence length S"), ("block", "image side (px), stride 16")]):
-        sec = [r for r in rows if r["section"] == section and r["time_ms"] != ""]
+        sec = [r for r in rows if r["section"] == section and r["min_ms"] != ""]
         for name in dict.fromkeys(r["name"] for r in sec):
-            pts = [(r["x"], r["time_ms"], r["peak_mem_mb"]) for r in sec if r["name"] == name]
+            pts = [(r["x"], r["min_ms"], r["peak_mem_mb"]) for r in sec if r["name"] == name]
             xs = [p[0] for p in pts]
             axes[0, col].plot(xs, [p[1] for p in pts], "o-", label=name)
-            axes[1, col].plot(xs, [max(p[2], 1e-3) for p in pts], "o-", label=name)
-        for r, ylabel in ((0, "fwd+bwd time (ms)"), (1, "peak memory (MiB)")):
+            axes[1, col].plot(xs, [max(p[2] or 0, 1e-3) for p in pts], "o-", label=name)
+        for r, ylabel in ((0, "fwd+bwd time, min over rounds (ms)"), (1, "peak memory (MiB)")):
             ax = axes[r, col]
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -252,8 +540,21 @@ def plot(rows, path: Path) -> None:
             if ax.lines:
                 ax.legend(fontsize=8)
         axes[0, col].set_title(section)
+    for r, section in ((0, "classifier"), (1, "yolo")):
+        ax = axes[r, 2]
+        sec = [x for x in rows if x["section"] == section and x["min_ms"] != ""]
+        if sec:
+            names = [x["name"] for x in sec]
+            ax.barh(names, [x["min_ms"] for x in sec], color="tab:blue", label="min")
+            ax.barh(names, [x["median_ms"] - x["min_ms"] for x in sec], left=[x["min_ms"] for x in sec],
+                    color="tab:orange", alpha=0.6, label="median - min")  # fmt: skip
+            ax.set_xlabel("time per call (ms)")
+            ax.legend(fontsize=8)
+            ax.tick_params(axis="y", labelsize=8)
+        ax.set_title(section)
+        ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -263,23 +564,49 @@ def main(argv: list[str] | None = None) -> int:
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = sorted(set(only) - set(SECTIONS))
     if bad:
-        raise SystemExit(f"--only: unknown section(s) {bad}; choose from {','.join(SECTIONS)}")
-    device = resolve_device(args.device)
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    header = (f"device: {device} ({dev_name}), threads {torch.get_num_threads()}, torch {torch.__version__}, "
-              f"python {platform.python_version()}, quick={args.quick}")
+        raise SystemExit(f"error: --only: unknown section(s) {bad}; choose from {','.join(SECTIONS)}")
+    try:
+        device = measure.resolve_device(args.device)
+    except measure.DeviceError as e:
+        raise SystemExit(f"error: {e}") from None
+    name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    preset = PRESETS[name]
+    if device.type == "cuda" and name == "full":
+        preset = dataclasses.replace(preset, **CUDA_OVERRIDES)
+    overrides = {"rounds": args.rounds, "max_seconds": args.max_seconds, "classifier_batch": args.classifier_batch,
+                 "yolo_batch": args.yolo_batch}  # fmt: skip
+    preset = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+    machine = f"{device} ({measure.device_name(device)}), {torch.get_num_threads()} threads"
+    header = f"{machine}, torch {torch.__version__}, python {platform.python_version()}, preset {name}"
     LOGGER.info(header)
     t0 = time.perf_counter()
-    rows = []
+    notes: list[str] = []
+    triton = False
+    if {"mlstm", "dispatch"} & set(only):
+        triton, why = triton_status(device)
+        notes.append(why)
+        LOGGER.info(why)
+    rows, dispatch = [], None
     if "mlstm" in only:
-        rows += bench_mlstm(device, args.quick)
+        rows += bench_mlstm(preset, device, triton, notes)
+    if "dispatch" in only:
+        drows, measured = bench_dispatch(preset, device, triton, notes)
+        rows += drows
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        comment = (f"mlstm(backend='auto') thresholds, fwd+bwd B={preset.mlstm_shape[0]} NH={preset.mlstm_shape[1]} "
+                   f"DH={preset.mlstm_shape[2]}, preset {name}: measured by scripts/benchmark.py on {machine}, {stamp}")
+        base = B.read_dispatch(B.DISPATCH_FILE)
+        dispatch = B.write_dispatch(args.out_dir / "mlstm_dispatch.json", measured, comment, base)
+        if args.update_dispatch:
+            B.write_dispatch(B.DISPATCH_FILE, measured, comment, base)
+            notes.append(f"wrote {B.DISPATCH_FILE.relative_to(REPO)} (auto above ran with the previous table)")
     if "block" in only:
-        rows += bench_block(device, args.quick)
+        rows += bench_block(preset, device)
     if "classifier" in only:
-        rows += bench_classifier(device, args.quick)
+        rows += bench_classifier(preset, device, args.baseline_src, args.official_src)
     if "yolo" in only:
-        rows += bench_yolo(device, args.quick, args.yolo_cfg)
-    write_outputs(rows, args.out_dir, header + f", total {time.perf_counter() - t0:.0f} s")
+        rows += bench_yolo(preset, device, args.yolo_cfg)
+    write_outputs(rows, args.out_dir, header + f", total {time.perf_counter() - t0:.0f} s", notes, dispatch)
     return 0
 
 
