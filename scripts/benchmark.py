@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def row(section, name, x, res=None, mem=None, thr=None, vs="", ratio=None, note=""):
     """One CSV row; `res` is a compare_interleaved entry, `ratio` (min/min, median/median) against `vs`."""
-    fmt = lambda v, d: "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, d)  # noqa: E731
+    fmt = lambda v, d: "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, d)
     return dict(section=section, name=name, x=x, min_ms=fmt(res and res["min"], 3),
                 median_ms=fmt(res and res["median"], 3), rounds=len(res["times"]) if res else "",
                 peak_mem_mb=fmt(mem, 3), throughput=fmt(thr, 2), vs=vs, ratio_min=fmt(ratio and ratio[0], 3),
@@ -269,7 +269,7 @@ def bench_block(preset: Preset, device) -> list[dict]:
 
             return run
 
-        fns = {"vil_pair": step(lambda: vil(x, (H, W))), "transformer_layer": step(lambda: tr(x))}
+        fns = {"vil_pair": step(lambda x=x, grid=(H, W): vil(x, grid)), "transformer_layer": step(lambda x=x: tr(x))}
         res = compare(fns, preset, device)
         mems = {name: measure.peak_mem_mb(fn, device) for name, fn in fns.items()}
         for name, r in res.items():
@@ -335,7 +335,6 @@ def tensor_sum(out) -> torch.Tensor:
 def onnx_session(model, x, path: Path):
     """Export a fused eval model to ONNX (TorchScript exporter, fixed shape) and open it in ONNX Runtime."""
     import onnxruntime as ort
-
     from ultralytics.nn.modules import Detect
 
     m = copy.deepcopy(model)
@@ -356,8 +355,9 @@ def onnx_session(model, x, path: Path):
 
 def bench_yolo(preset: Preset, device, vil_cfg: str) -> list[dict]:
     """(d) stock YOLOv8n vs YOLOv8n-ViL: fwd+bwd (network only, loss excluded) and batch-1 fused inference."""
-    import ultra_vil.yolo  # noqa: F401  registers the ViL modules with Ultralytics' parser
     from ultralytics.nn.tasks import DetectionModel
+
+    import ultra_vil.yolo  # noqa: F401  registers the ViL modules with Ultralytics' parser
 
     size, batch = preset.yolo_size, preset.yolo_batch
     cfgs = {"yolov8n": "yolov8n.yaml", "yolov8n-vil": vil_cfg}

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--img-size", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or N")
     parser.add_argument("--out-dir", type=Path, help="results/<run>")
     parser.add_argument("--workers", type=int, default=2, help="dataloader worker processes (0: in the main process)")
     parser.add_argument("--optimizer", default="AdamW", choices=["SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp"])
@@ -106,19 +106,14 @@ def parse_extra(items: list[str]) -> dict[str, Any]:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda:0' or 'cpu'; validates cpu / cuda / cuda:N."""
-    import torch
+    """'auto' -> 'cuda:0' or 'cpu'; validates cpu / cuda / cuda:N / N (the rules of ultra_vil.measure)."""
+    from ultra_vil.measure import DeviceError
+    from ultra_vil.measure import resolve_device as resolve
 
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    m = re.fullmatch(r"cuda(?::(\d+))?", device)
-    if not m:
-        raise SystemExit(f"error: --device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {device} but CUDA is not available here")
-    return f"cuda:{m.group(1) or 0}"
+    try:
+        return str(resolve(device))  # 'cpu' or 'cuda:N': the form settings.json has always stored
+    except DeviceError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def find_file(path: str) -> Path:
@@ -323,6 +318,8 @@ def worker(job: dict) -> int:
     """Train, validate and time one (model, seed). Writes job['row_file'] last, atomically."""
     import torch
 
+    from ultra_vil import measure
+
     if job["vil"]:
         register_vil(required=True)
     from ultralytics import YOLO
@@ -330,29 +327,22 @@ def worker(job: dict) -> int:
 
     out = Path(job["out_dir"])
     name = f"{job['tag']}_seed{job['seed']}"
-    cuda = job["device"].startswith("cuda")
-    yolo_device = job["device"].split(":")[1] if cuda else "cpu"
+    yolo_device = measure.ultralytics_device(job["device"])
     notes: dict[str, str] = {}
 
     model = YOLO(job["cfg"])
     epoch_times, t_start = [], [0.0]
     model.add_callback("on_train_epoch_start", lambda trainer: t_start.__setitem__(0, time.perf_counter()))
     model.add_callback("on_train_epoch_end", lambda trainer: epoch_times.append(time.perf_counter() - t_start[0]))
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(torch.device(job["device"]))
-        base = torch.cuda.memory_allocated(torch.device(job["device"]))
-    else:
-        base = reset_peak_rss()
-    model.train(
-        data=job["data"], epochs=job["epochs"], imgsz=job["img_size"], batch=job["batch_size"], seed=job["seed"],
-        deterministic=True, optimizer=job["optimizer"], lr0=job["lr0"], device=yolo_device, workers=job["workers"],
-        project=str(out / "runs"), name=name, exist_ok=True, pretrained=False, plots=False, val=False,
-        **job["extra"],
-    )  # fmt: skip
-    if cuda:
-        peak = (torch.cuda.max_memory_allocated(torch.device(job["device"])) - base) / 2**20
-    else:
-        peak = peak_rss_mb() - base
+    # CUDA: allocator peak above the start; CPU: the process's peak RSS (VmHWM, reset here) above its RSS now
+    with measure.peak_memory(job["device"]) as peak_mem:
+        model.train(
+            data=job["data"], epochs=job["epochs"], imgsz=job["img_size"], batch=job["batch_size"], seed=job["seed"],
+            deterministic=True, optimizer=job["optimizer"], lr0=job["lr0"], device=yolo_device,
+            workers=job["workers"], project=str(out / "runs"), name=name, exist_ok=True, pretrained=False,
+            plots=False, val=False, **job["extra"],
+        )  # fmt: skip
+    peak = peak_mem.mb
     save_dir = Path(model.trainer.save_dir)
     last = save_dir / "weights" / "last.pt"
 
@@ -377,7 +367,7 @@ def worker(job: dict) -> int:
     torch.manual_seed(0)
     x = torch.rand(1, 3, job["img_size"], job["img_size"])
     net = YOLO(last).model.float().fuse().eval().to(job["device"])
-    row["latency_ms_torch"] = round(time_ms(lambda: net(x.to(job["device"])), job, cuda), 3)
+    row["latency_ms_torch"] = round(time_ms(lambda: net(x.to(job["device"])), job), 3)
     if not job["onnx"]:
         row["latency_ms_onnx"], notes["latency_ms_onnx"] = NA, "not measured (--no-onnx)"
     else:
@@ -403,7 +393,7 @@ def worker(job: dict) -> int:
     env = {
         "torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
-        "device_name": torch.cuda.get_device_name(torch.device(job["device"])) if cuda else cpu_name(),
+        "device_name": measure.device_name(torch.device(job["device"])),
         "epochs_timed": len(epoch_times), "save_dir": str(save_dir),
     }  # fmt: skip
     saved = {"row": row, "notes": notes, "names": names, "yaml_sha": job["yaml_sha"], "env": env}
@@ -413,22 +403,14 @@ def worker(job: dict) -> int:
     return 0
 
 
-def time_ms(fn, job: dict, cuda: bool) -> float:
+def time_ms(fn, job: dict) -> float:
+    """Median batch-1 latency in ms after the job's warm-up runs (ultra_vil.measure, CUDA synchronised)."""
     import torch
 
+    from ultra_vil import measure
+
     with torch.inference_mode():
-        for _ in range(job["latency_warmup"]):
-            fn()
-        times = []
-        for _ in range(job["latency_runs"]):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return measure.time_ms(fn, job["device"], warmup=job["latency_warmup"], repeat=job["latency_runs"])
 
 
 def onnx_latency(last: Path, x, job: dict) -> tuple[float | str, str]:
@@ -457,48 +439,6 @@ def onnx_latency(last: Path, x, job: dict) -> tuple[float | str, str]:
         return NA, f"ONNX export or ONNX Runtime failed ({type(e).__name__}: {msg}); the full error is in the run's log"
 
 
-def reset_peak_rss() -> float:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process, return the current RSS in MiB (Linux)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _status_mb("VmRSS") or 0.0
-
-
-def peak_rss_mb() -> float | None:
-    value = _status_mb("VmHWM")
-    if value is None:
-        try:
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        except ImportError:
-            return None
-    return value
-
-
-def _status_mb(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-# ----------------------------------------------------------------------------------------------------- outputs
 def fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"

@@ -28,8 +28,8 @@ import json
 import math
 import subprocess
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ultra_vil import measure
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -42,18 +44,11 @@ def env_rank() -> int:
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:<local_rank> if CUDA is available else cpu; 'cuda' -> cuda:<local_rank>; 'cpu'; 'cuda:N'."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{local_rank}"
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {spec}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return device
+    """'auto' -> cuda:<local_rank> if CUDA is available else cpu; 'cuda' -> cuda:<local_rank>; 'cpu'; 'cuda:N'.
+
+    The rules of ultra_vil.measure.resolve_device (the one copy); its DeviceError is a RuntimeError, as before.
+    """
+    return measure.resolve_device(spec, local_rank)
 
 
 def setup(device_spec: str) -> DistInfo:
