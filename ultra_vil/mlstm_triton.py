@@ -246,7 +246,7 @@ def _kernels(interpret: bool):
             g = tl.sum(lf, 0)
             m_c = tl.load(MS + st)
             m_next = tl.load(MS + st + 1)
-            m_row = tl.load(MR + bh * S + t, mask=valid, other=0.0)
+            m_row = tl.load(MR + bh * S + t, mask=valid, other=float("inf"))  # masked rows: every weight 0
             invn = tl.load(INVN + bh * S + t, mask=valid, other=0.0)
             dden = tl.load(DDEN + bh * S + t, mask=valid, other=0.0)
             empty = m_c == float("-inf")  # the entering state holds nothing: it reaches neither outputs nor next state
@@ -281,7 +281,7 @@ def _kernels(interpret: bool):
         st = bh * (NC + 1) + c
         m_c = tl.load(MS + st)
         m_next = tl.load(MS + st + 1)
-        m_row = tl.load(MR + bh * S + t, mask=valid, other=0.0)
+        m_row = tl.load(MR + bh * S + t, mask=valid, other=float("inf"))  # masked rows: every weight 0
         invn = tl.load(INVN + bh * S + t, mask=valid, other=0.0)
         dden = tl.load(DDEN + bh * S + t, mask=valid, other=0.0)
         m_ref = tl.where(m_row == float("-inf"), 0.0, m_row)
