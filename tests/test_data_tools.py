@@ -360,3 +360,144 @@ def test_split_of_a_set_with_only_train(tmp_path):
     report = check_yolo_dataset(out_yaml)
     assert report.ok, report.format()
     assert (report.stats["train"].images, report.stats["val"].images, report.stats["val"].backgrounds) == (7, 3, 3)
+
+
+# ------------------------------------------------------------------------------ issue 11: nothing lost, nothing read
+# from outside, no silent wrong counts. Each test below failed on the code before the fix (commit 3c73528).
+def _coco_source(src: Path) -> Path:
+    image(src / "images" / "p.png", 40, 30)
+    image(src / "images" / "q.png", 40, 30)
+    data = {"images": [{"id": 1, "file_name": "p.png"}, {"id": 2, "file_name": "q.png"}],
+            "categories": [{"id": 1, "name": "jet"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10]}]}  # fmt: skip
+    (src / "ann.json").write_text(json.dumps(data, indent=1))
+    return src
+
+
+def test_split_obeys_the_out_dir_rule(yolo_set, tmp_path, capsys):
+    """Before, `--split DATA.yaml --out-dir <the set's root>` (even images/train) was accepted and wrote its marker
+    and lists there, which a later --overwrite took as licence to delete images/ and labels/."""
+    before = tree_hash(tmp_path)
+    for out in (yolo_set, yolo_set / "images" / "train", yolo_set / "new", tmp_path):
+        rc = convert_dataset.main(["--split", str(yolo_set / "data.yaml"), "--out-dir", str(out), "--overwrite"])
+        assert rc == 1, out
+        assert "source folder" in _issues_text(capsys)
+    assert tree_hash(tmp_path) == before
+
+
+def test_overwrite_deletes_only_the_files_the_tool_wrote(voc, tmp_path, capsys):
+    """Before, --overwrite removed images/ and labels/ wholesale: a file the user had put there was lost."""
+    out = tmp_path / "out"
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 0
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["files"]["labels/train/a.txt"] == {"size": len((out / "labels/train/a.txt").read_bytes())}
+    image(out / "images" / "train" / "mine.jpg", 20, 20)
+    (out / "notes.txt").write_text("mine")
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "images" / "train" / "mine.jpg").is_file()
+    # A file the tool wrote but that has changed since is not deleted: the whole replacement stops.
+    (out / "labels" / "val" / "b.txt").write_text("0 0.5 0.5 0.1 0.1\n# edited by hand\n")
+    kept = tree_hash(out)
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--overwrite"]) == 1
+    assert f"{out / 'labels' / 'val' / 'b.txt'}: changed since this tool wrote it" in _issues_text(capsys)
+    assert tree_hash(out) == kept
+
+
+def test_a_marker_that_does_not_validate_is_an_error_naming_it(voc, yolo_set, tmp_path, capsys):
+    """Before, any marker file, `{}` included, was trusted: --overwrite then deleted images/ and labels/ of the
+    folder (here: a data set the user made, with a stray marker in it)."""
+    before = tree_hash(yolo_set)
+    for text in ("{}", "not json", json.dumps({"source": "/x", "tool": "ultra_vil.data"}),  # 0.1.0's marker
+                 json.dumps({"tool": "ultra_vil.data", "version": 2, "files": {"../../etc/passwd": {"size": 1}}})):
+        (yolo_set / MARKER).write_text(text)
+        rc = convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(yolo_set), "--overwrite"])
+        assert rc == 1
+        assert f"{yolo_set / MARKER}: " in _issues_text(capsys)
+        (yolo_set / MARKER).unlink()
+        assert tree_hash(yolo_set) == before
+
+
+def test_the_tool_never_overwrites_a_file_it_did_not_write(voc, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 0
+    marker = json.loads((out / MARKER).read_text())
+    del marker["files"]["labels/val/b.txt"]  # as if the user had put that file there
+    (out / MARKER).write_text(json.dumps(marker))
+    (out / "labels" / "val" / "b.txt").write_text("mine\n")
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--overwrite"]) == 1
+    assert "was not written by this tool; not overwritten" in _issues_text(capsys)
+    assert (out / "labels" / "val" / "b.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink"])
+def test_coco_images_outside_the_source_are_refused(tmp_path, capsys, how):
+    """Before, a `file_name` of /abs/path or ../x was opened (/etc/passwd was read) and, with an annotation,
+    copied into the output with exit status 0."""
+    secret = image(tmp_path / "private" / "secret.png", 30, 30)
+    src = _coco_source(tmp_path / "coco")
+    data = json.loads((src / "ann.json").read_text())
+    name = {"absolute": str(secret), "dotdot": "../private/secret.png", "symlink": "leak.png"}[how]
+    if how == "symlink":
+        (src / "leak.png").symlink_to(secret)
+    data["images"][1]["file_name"] = name
+    (src / "ann.json").write_text(json.dumps(data, indent=1))
+    out = tmp_path / "out"
+    assert convert_dataset.main(["--format", "coco", "--src", str(src), "--out-dir", str(out)]) == 1
+    text = _issues_text(capsys)
+    lines = (src / "ann.json").read_text().splitlines()
+    line = _obj_start(lines, next(i for i, x in enumerate(lines) if json.dumps(name) in x))
+    assert f"{src / 'ann.json'}:{line}: image path '{name}' resolves to {secret}, outside --src" in text
+    assert "(images[1])" in text and not out.exists()
+    # Explicitly allowed: converted, with a warning that names it.
+    rc = convert_dataset.main(["--format", "coco", "--src", str(src), "--out-dir", str(out), "--allow-outside-src"])
+    assert rc == 0
+    assert f"image {secret} lies outside the source" in _issues_text(capsys)
+
+
+def test_voc_filename_outside_the_source_is_refused(voc, tmp_path, capsys):
+    """Before, an absolute <filename> was opened and its file copied into the output (exit status 0)."""
+    secret = image(tmp_path / "private" / "secret.jpg", 30, 30)
+    (voc / "Annotations" / "b.xml").write_text(voc_xml(str(secret), 30, 30, [("plane", 1, 1, 10, 10)]))
+    out = tmp_path / "out"
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 1
+    text = _issues_text(capsys)
+    assert f"{voc / 'Annotations' / 'b.xml'}:2: image path '{secret}' resolves to {secret}, outside --src" in text
+    assert not out.exists()
+
+
+def test_check_counts_broken_label_files_as_invalid_not_background(yolo_set):
+    """Before, a label file whose rows all had errors was counted as a background image."""
+    (yolo_set / "labels" / "train" / "t0.txt").write_text("0 0.5 0.5 0.25\n")  # malformed: 4 values
+    train = check_yolo_dataset(yolo_set / "data.yaml").stats["train"]
+    assert (train.images, train.labelled, train.backgrounds) == (3, 1, 1)  # t1 labelled, t2 background
+    assert train.invalid == 1
+
+
+def test_nothing_is_lost_whatever_the_out_dir(voc, yolo_set, tmp_path):
+    """Issue 11's "nothing lost": every command of convert_dataset.py, with every out-dir position relative to its
+    source (same, inside, parent, sibling, a symlink to the source or into it), with and without --overwrite, one
+    after the other on the same tree: no file of any source changes, and none appears there. Before, --split into
+    the set's root was accepted (and the next --overwrite deleted its images)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    sources = {"voc": voc.rename(data / "voc"), "yolo": yolo_set.rename(data / "yolo"), "coco": data / "coco"}
+    _coco_source(sources["coco"])
+    before = tree_hash(data)
+    commands = {
+        "voc": ["--format", "voc", "--src", str(sources["voc"])],
+        "coco": ["--format", "coco", "--src", str(sources["coco"])],
+        "yolo": ["--split", str(sources["yolo"] / "data.yaml")],
+    }
+    (tmp_path / "link").symlink_to(sources["yolo"])
+    (tmp_path / "link_in").symlink_to(sources["yolo"] / "images")
+    for name, cmd in [("yolo", commands["yolo"]), ("voc", commands["voc"]), ("coco", commands["coco"])] * 2:
+        src = sources[name]
+        deep = next(p for p in sorted(src.rglob("*")) if p.is_dir())  # images/, JPEGImages/, Annotations/ ...
+        outs = [src, deep, src / "new", data, tmp_path, tmp_path / "sibling", tmp_path / "link", tmp_path / "link_in"]
+        for out in outs:
+            for extra in ([], ["--overwrite"]):
+                convert_dataset.main([*cmd, "--out-dir", str(out), *extra])
+                assert tree_hash(data) == before, (name, out, extra)
+    assert convert_dataset.main(["--check", str(sources["yolo"] / "data.yaml")]) == 0
+    assert tree_hash(data) == before
+    assert (tmp_path / "sibling" / MARKER).is_file()  # the sibling was written (and replaced) all along
