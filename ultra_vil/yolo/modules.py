@@ -275,3 +275,226 @@ class ViLBackbone(nn.Module):
 
 # config keys of a classifier checkpoint that are VisionLSTM arguments but not trunk choices a backbone keeps
 _NOT_LAYER_KEYS = ("name", "num_classes", "drop_path", "checkpoint", "legacy_norm")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The seeds' other sequence mixers in the same slots (issue 13): Sequencer's BiLSTM2D and Vim's bidirectional SSM.
+# Same conventions as ViLStage / ViLC2f (c1 inferred, c2 width-scaled, n depth-scaled; registered in the same parser
+# sets by ultra_vil/yolo/register.py), so a YAML that swaps ViLC2f for SequencerC2f or VimC2f changes only the mixer:
+#
+#     SequencerStage(c1, c2, n=1, hidden_ratio=0.25, mlp_ratio=3.0, drop_path=0.0)
+#                                                               YAML: [-1, 1, SequencerStage, [1024]]
+#     SequencerC2f(c1, c2, n=1, e=0.5, hidden_ratio=0.25, mlp_ratio=3.0, drop_path=0.0)
+#                                                               YAML: [-1, 3, SequencerC2f, [512]]
+#     VimStage(c1, c2, n=1, expansion=2, state_size=16, drop_path=0.0)         YAML: [-1, 1, VimStage, [1024]]
+#     VimC2f(c1, c2, n=1, e=0.5, expansion=2, state_size=16, drop_path=0.0)    YAML: [-1, 3, VimC2f, [512]]
+#
+# n counts bidirectional units of about the same size as ViLStage's unit, a ViL block pair (~12 c^2 parameters):
+# one Sequencer2D block (BiLSTM2D with hidden c/4 + channel MLP 3c: 12 c^2), or two Vim blocks (6.5 c^2 each; the
+# papers compare ViL-T and Vim-Ti at the same 24 blocks). So the same YAML row gives the three mixers the same
+# parameter budget, and the YAMLs differ only in the module name.
+
+from ultra_vil.sequencer import SequencerBlock  # imported here: this section is self-contained
+from ultra_vil.vim import VimBlock
+
+__all__ += ("SequencerC2f", "SequencerStage", "VimC2f", "VimStage")
+
+
+def _check_e(module: str, e, c2: int) -> int:
+    """C2f's hidden-channel ratio e in (0, 1]; returns the hidden channels int(c2 * e) (>= 1)."""
+    if isinstance(e, bool) or not isinstance(e, Real) or not 0.0 < e <= 1.0:
+        hint = f" ({module} has no 'shortcut' argument: its blocks are always residual)" if isinstance(e, bool) else ""
+        raise ViLArgumentError(module, "e", e, f"a hidden-channel ratio in (0, 1]{hint}")
+    c = int(c2 * e)
+    if c < 1:
+        raise ViLArgumentError(module, "e", e, f"large enough that int(c2 * e) >= 1 (c2={c2})")
+    return c
+
+
+def _check_width_ratio(module: str, name: str, value, dim: int, high: float, what: str) -> int:
+    """A width ratio in (0, high) that leaves at least one unit: returns int(dim * value)."""
+    _check_ratio(module, name, value, 0.0, high)
+    units = int(dim * value)
+    if units < 1:
+        raise ViLArgumentError(
+            module, name, value, f"large enough that int({what} x {name}) = int({dim} x {value}) >= 1"
+        )
+    return units
+
+
+class _TokenStage(nn.Module):
+    """Shared body of SequencerStage / VimStage: (B, C, H, W) -> row-major tokens over the runtime grid -> blocks
+    -> (B, C, H, W). Subclasses fill `self.blocks` with modules called as block(tokens, (H, W))."""
+
+    blocks: nn.ModuleList
+
+    @staticmethod
+    def _check_stage(name: str, c1, c2, n) -> None:
+        _check_int(name, "c1", c1, 1)
+        _check_int(name, "c2", c2, 1)
+        if c2 != c1:
+            raise ViLArgumentError(
+                name,
+                "c2",
+                c2,
+                f"equal to the input channels c1={c1} after width scaling ({name} keeps the channel count: give it "
+                "the same YAML channel number as the layer it follows)",
+            )
+        _check_int(name, "n", n, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        seq = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C), row-major
+        for block in self.blocks:
+            seq = block(seq, (H, W))  # (B, H*W, C)
+        return seq.transpose(1, 2).reshape(B, C, H, W)  # (B, H*W, C) -> (B, C, H, W)
+
+
+class SequencerStage(_TokenStage):
+    """Channel-preserving Sequencer2D stage: (B, C, H, W) -> (B, C, H, W), `n` Sequencer2D blocks.
+
+    Each block mixes along every row and every column with bidirectional LSTMs (`ultra_vil.sequencer.BiLSTM2D`),
+    then per token with a channel MLP, both pre-norm residual. No positional embedding: any H x W works.
+
+    Args:
+        c1: Input channels (inferred by Ultralytics).
+        c2: Output channels after width scaling; must equal c1.
+        n: Number of Sequencer2D blocks (the YAML repeat count, depth-scaled like C2f's).
+        hidden_ratio: LSTM hidden size per direction as a multiple of the channels (Sequencer2D: 0.25).
+        mlp_ratio: Channel-MLP width as a multiple of the channels (Sequencer2D: 3).
+        drop_path: Stochastic-depth rate of every residual branch, in [0, 1).
+    """
+
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, hidden_ratio: float = 0.25, mlp_ratio: float = 3.0, drop_path: float = 0.0
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self._check_stage(name, c1, c2, n)
+        hidden = _check_width_ratio(name, "hidden_ratio", hidden_ratio, c1, 4.0, "channels")
+        _check_width_ratio(name, "mlp_ratio", mlp_ratio, c1, 16.0, "channels")
+        _check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
+        self.c1, self.c2, self.n = c1, c2, n
+        self.blocks = nn.ModuleList(SequencerBlock(c1, hidden, mlp_ratio, drop_path) for _ in range(n))
+
+
+class VimStage(_TokenStage):
+    """Channel-preserving Vim stage: (B, C, H, W) -> (B, C, H, W), `n` pairs of Vim blocks (2n blocks).
+
+    Each Vim block runs a selective SSM forward and backward over the row-major sequence and averages the two
+    (`ultra_vil.vim.VimMixer`), pre-norm residual. No positional embedding: any H x W works.
+
+    Args:
+        c1: Input channels (inferred by Ultralytics).
+        c2: Output channels after width scaling; must equal c1.
+        n: Number of Vim block pairs (the YAML repeat count, depth-scaled like C2f's); a pair has the parameter
+            count of a ViL block pair.
+        expansion: Inner width of each Vim mixer as a multiple of the channels (2 in Vim).
+        state_size: SSM state size per inner channel (16 in Vim).
+        drop_path: Stochastic-depth rate of every block, in [0, 1).
+    """
+
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, expansion: int = 2, state_size: int = 16, drop_path: float = 0.0
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self._check_stage(name, c1, c2, n)
+        _check_int(name, "expansion", expansion, 1)
+        _check_int(name, "state_size", state_size, 1)
+        _check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
+        self.c1, self.c2, self.n = c1, c2, n
+        self.blocks = nn.ModuleList(
+            VimBlock(c1, drop_path, expansion=expansion, state_size=state_size) for _ in range(2 * n)
+        )
+
+
+class _MixerC2f(nn.Module):
+    """Shared body of SequencerC2f / VimC2f: Ultralytics' C2f with one-unit stages as its bottlenecks.
+
+    A 1x1 Conv to 2c hidden channels (c = int(c2 * e)), split in two halves; each of the n inner stages transforms
+    the latest output; all 2 + n maps are concatenated and fused by a 1x1 Conv to c2 (as ViLC2f)."""
+
+    def _build(self, c1: int, c2: int, n: int, stages: list[nn.Module]) -> None:
+        self.c1, self.c2, self.n = c1, c2, n
+        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
+        self.cv2 = Conv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(stages)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = list(self.cv1(x).chunk(2, 1))  # 2 x (B, c, H, W)
+        y.extend(m(y[-1]) for m in self.m)  # + n x (B, c, H, W)
+        return self.cv2(torch.cat(y, 1))  # (B, (2 + n) * c, H, W) -> (B, c2, H, W)
+
+
+class SequencerC2f(_MixerC2f):
+    """C2f whose bottlenecks are Sequencer2D blocks: (B, c1, H, W) -> (B, c2, H, W). Drop-in for ViLC2f.
+
+    Args:
+        c1: Input channels (inferred by Ultralytics).
+        c2: Output channels (width-scaled by Ultralytics).
+        n: Number of inner Sequencer2D blocks (depth-scaled by Ultralytics), each a one-block `SequencerStage`.
+        e: Hidden-channel ratio, in (0, 1]; 0.5 as in C2f.
+        hidden_ratio: LSTM hidden size per direction as a multiple of the hidden channels (Sequencer2D: 0.25).
+        mlp_ratio: Channel-MLP width as a multiple of the hidden channels (Sequencer2D: 3).
+        drop_path: Stochastic-depth rate, in [0, 1).
+    """
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        n: int = 1,
+        e: float = 0.5,
+        hidden_ratio: float = 0.25,
+        mlp_ratio: float = 3.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        _check_int(name, "c1", c1, 1)
+        _check_int(name, "c2", c2, 1)
+        _check_int(name, "n", n, 1)
+        self.c = _check_e(name, e, c2)
+        what = f"hidden channels int(c2 x e) = {self.c}"
+        _check_width_ratio(name, "hidden_ratio", hidden_ratio, self.c, 4.0, what)
+        _check_width_ratio(name, "mlp_ratio", mlp_ratio, self.c, 16.0, what)
+        _check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
+        self._build(
+            c1, c2, n, [SequencerStage(self.c, self.c, 1, hidden_ratio, mlp_ratio, drop_path) for _ in range(n)]
+        )
+
+
+class VimC2f(_MixerC2f):
+    """C2f whose bottlenecks are pairs of Vim blocks: (B, c1, H, W) -> (B, c2, H, W). Drop-in for ViLC2f.
+
+    Args:
+        c1: Input channels (inferred by Ultralytics).
+        c2: Output channels (width-scaled by Ultralytics).
+        n: Number of inner Vim block pairs (depth-scaled by Ultralytics), each a one-pair `VimStage`.
+        e: Hidden-channel ratio, in (0, 1]; 0.5 as in C2f.
+        expansion: Inner width of each Vim mixer as a multiple of the hidden channels (2 in Vim).
+        state_size: SSM state size per inner channel (16 in Vim).
+        drop_path: Stochastic-depth rate, in [0, 1).
+    """
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        n: int = 1,
+        e: float = 0.5,
+        expansion: int = 2,
+        state_size: int = 16,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        _check_int(name, "c1", c1, 1)
+        _check_int(name, "c2", c2, 1)
+        _check_int(name, "n", n, 1)
+        self.c = _check_e(name, e, c2)
+        _check_int(name, "expansion", expansion, 1)
+        _check_int(name, "state_size", state_size, 1)
+        _check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
+        self._build(c1, c2, n, [VimStage(self.c, self.c, 1, expansion, state_size, drop_path) for _ in range(n)])
