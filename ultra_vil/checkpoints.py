@@ -143,7 +143,7 @@ def vil2_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
             block = 2 * int(m.group(1)) + (m.group(2) == "bot_right")
             rest = m.group(3)
             for name in _MIXER_NAMES:
-                if rest.startswith(f"layer.{name}"):
+                if rest == f"layer.{name}" or rest.startswith(f"layer.{name}."):
                     rest = "layer.mixers.0." + rest[len("layer.") :]
                     break
             for name in _CELL_NAMES:
