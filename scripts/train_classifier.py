@@ -16,17 +16,21 @@ Examples:
 Writes into --out-dir (rank 0 only): config.yaml (every resolved argument), metrics.csv (one row per epoch),
 last.pt (full training state, every epoch and every --save-every-steps steps), best.pt (weights with the
 best val top-1), curves.png, and tensorboard/ if tensorboard is installed. The engine is ultra_vil.train.
+
+An error you can fix (a missing, empty, truncated or foreign checkpoint, a flag that does not fit, bad data, a NaN
+loss) is one line, `error: <file>: <cause>`, with exit status 2; --debug adds the traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 from tqdm import tqdm
 
+from ultra_vil.errors import UserError, describe
 from ultra_vil.train.config import parse_args
-from ultra_vil.train.data import DataError
 from ultra_vil.train.distributed import env_rank
 from ultra_vil.train.engine import run
 
@@ -44,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         results = run(args, progress=progress)
-    except (DataError, FileNotFoundError) as e:
-        print(f"train_classifier.py: error: {e}", file=sys.stderr)
-        return 1
+    except (UserError, OSError) as e:  # the user can act on these: a file, a flag, the data; anything else is a bug
+        if args.debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e) else ""
+        print(f"error: {where}{describe(e)}", file=sys.stderr)
+        return 2
     if args.eval_only and env_rank() == 0:
         for name, m in results.items():
             print(f"{name}: top-1 {m['val_top1']:.2f}  top-5 {m['val_top5']:.2f}  "

@@ -325,7 +325,7 @@ def test_too_many_corrupt_images_fail_the_run(shapes, tmp_path, capsys):
     _corrupt_files(data)
     argv = TINY + ["--data", str(data), "--out-dir", str(tmp_path / "out"), "--epochs", "1", "--batch-size", "8",
                    "--max-bad-fraction", "0.02"]
-    assert train_classifier.main(argv) == 1
+    assert train_classifier.main(argv) == 2  # a user error: one line, exit status 2 (issue 11)
     err = capsys.readouterr().err
     assert "unreadable train image(s)" in err and "--max-bad-fraction 0.02" in err
     assert "truncated.jpg" in err or "garbage.png" in err or "empty.jpg" in err
@@ -337,7 +337,7 @@ def test_empty_class_folder_fails_before_training(shapes, tmp_path, capsys):
     (data / "train" / "purple_star").mkdir()
     (data / "train" / "purple_star" / "notes.txt").write_text("no images here")
     out = tmp_path / "out"
-    assert train_classifier.main(TINY + ["--data", str(data), "--out-dir", str(out), "--epochs", "1"]) == 1
+    assert train_classifier.main(TINY + ["--data", str(data), "--out-dir", str(out), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "empty class folder" in err and str(data / "train" / "purple_star") in err
     assert not (out / "last.pt").exists()
@@ -348,10 +348,67 @@ def test_val_with_other_classes_fails_before_training(shapes, tmp_path, capsys):
     data = _copy_small(shapes, tmp_path / "data")
     (data / "val" / "blue_hbar").rename(data / "val" / "blue_bar")
     out = tmp_path / "out"
-    assert train_classifier.main(TINY + ["--data", str(data), "--out-dir", str(out), "--epochs", "1"]) == 1
+    assert train_classifier.main(TINY + ["--data", str(data), "--out-dir", str(out), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "missing in val: blue_hbar" in err and "only in val: blue_bar" in err
     assert not (out / "last.pt").exists()
+
+
+def test_single_class_data_is_an_error_unless_allowed(shapes, tmp_path, capsys, caplog):
+    """One class folder: before, the run trained to loss 0 and reported "100% top-1" without a word (issue 11,
+    defect 6). Now an error naming the folder, or with --allow-single-class a warning."""
+    data = _copy_small(shapes, tmp_path / "data")
+    for split in ("train", "val"):
+        for name in list(SHAPES)[1:]:
+            shutil.rmtree(data / split / name)
+    argv = TINY + ["--data", str(data), "--out-dir", str(tmp_path / "out"), "--epochs", "1", "--batch-size", "8"]
+    assert train_classifier.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'train'} has a single class folder (red_circle)" in err and "--allow-single-class" in err
+    with caplog.at_level(logging.WARNING):
+        assert train_classifier.main(argv + ["--allow-single-class"]) == 0
+    assert any("single class folder" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def _user_error_case(kind: str, trained: Path, tmp_path: Path) -> tuple[list[str], str]:
+    """(extra argv, text the one error line must hold) for each kind of user error of issue 11, defect 7."""
+    if kind == "truncated":
+        bad = tmp_path / "truncated.pt"
+        bad.write_bytes((trained / "last.pt").read_bytes()[:5000])
+        return ["--resume", str(bad)], f"error: {bad}: "
+    if kind == "empty":
+        bad = tmp_path / "empty.pt"
+        bad.write_bytes(b"")
+        return ["--resume", str(bad)], f"error: {bad}: empty file"
+    if kind == "foreign":
+        bad = tmp_path / "foreign.pt"
+        torch.save({"weights": torch.zeros(3)}, bad)
+        return ["--resume", str(bad)], f"error: {bad}: "
+    if kind == "weights_only":  # a bad argument: best.pt holds no optimiser state to resume
+        return ["--resume", str(trained / "best.pt")], f"--resume {trained / 'best.pt'} holds weights only"
+    if kind == "missing":
+        return ["--resume", str(tmp_path / "nope.pt")], f"error: {tmp_path / 'nope.pt'}: no such file"
+    assert kind == "nan"
+    return ["--lr", "1e30", "--clip-grad", "0", "--warmup-epochs", "0"], "error: training loss is"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "foreign", "weights_only", "missing", "nan"])
+def test_user_errors_are_one_line_with_status_2(kind, trained, shapes, tmp_path, capsys):
+    """Before, a truncated or foreign checkpoint, a NaN loss or a bad --resume showed a traceback of 4-10 frames,
+    and a 0-byte checkpoint an empty reason (issue 11, defect 7). Now one line naming the file and the cause, exit
+    status 2; --debug adds the traceback."""
+    extra, expected = _user_error_case(kind, trained, tmp_path)
+    argv = TINY + ["--data", str(shapes), "--out-dir", str(tmp_path / "out"), "--epochs", "1", "--batch-size", "8",
+                   "--mixup", "0", "--cutmix", "0", *extra]
+    assert train_classifier.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], err
+    assert len(errors[0].split(": ", 2)[-1].strip()) > 3, err  # a reason, never an empty one
+    assert "Traceback" not in err
+    if kind in ("empty", "nan"):
+        assert train_classifier.main(argv + ["--debug"]) == 2
+        assert "Traceback" in capsys.readouterr().err
 
 
 def test_read_image_reasons(tmp_path):

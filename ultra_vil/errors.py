@@ -34,3 +34,12 @@ def describe(exc: BaseException) -> str:
     """One line for any exception, never empty: `str(exc)`, else its class name (EOFError() prints as "")."""
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+class ArgumentError(UserError, ValueError):
+    """A flag value that does not fit the files or the run (--resume of a weights-only file, a batch size that does
+    not divide among the processes). A ValueError too, for callers that caught one before."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite: the run cannot go on; the message says what to change."""

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="area range of RandomResizedCrop")
     g.add_argument("--color-jitter", type=float, default=0.3, help="brightness/contrast/saturation jitter; 0 = off")
     g.add_argument("--crop-ratio", type=float, default=0.875, help="eval: resize to img_size / ratio, centre crop")
+    g.add_argument("--allow-single-class", action="store_true",
+                   help="train on one class folder (loss 0, top-1 100%% whatever the model does): a warning, not an error")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=tuple(VARIANTS), default="vil_t", help="preset of ultra_vil.classifier")
     g.add_argument("--num-classes", type=int, help="head size (default: the number of class folders)")
@@ -79,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune", type=Path, metavar="PATH",
                    help="start from these weights (position embedding resized, head replaced if it differs)")
     g.add_argument("--save-every-steps", type=int, default=0, help="also write last.pt every N steps; 0 = off")
+    g.add_argument("--debug", action="store_true",
+                   help="on an error you can fix (bad file, argument or data), show the traceback besides the message")
     return p
 
 

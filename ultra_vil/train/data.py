@@ -32,9 +32,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ultra_vil.data.base import IMG_FORMATS
+from ultra_vil.errors import ArgumentError, UserError
+
 LOGGER = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # compared lower-case
+# The one list of image extensions (Ultralytics' IMG_FORMATS, ultra_vil.data.base); compared lower-case. A file
+# OpenCV cannot decode (HEIC, say) is then reported as a bad file, not silently left out of the index.
+IMAGE_EXTENSIONS = tuple(f".{ext}" for ext in sorted(IMG_FORMATS))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ("3aug", "rrc", "none")
@@ -44,7 +49,7 @@ MAX_SUBSTITUTE_TRIES = 16  # consecutive bad files after one bad training image 
 STREAM_AUGMENT, STREAM_PERMUTATION, STREAM_STEP, STREAM_WORKER = 1, 2, 3, 4
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data cannot be trained on as it is; the message names the files or folders concerned."""
 
 
@@ -118,6 +123,20 @@ def scan_image_folder(root: str | Path, split: str) -> ImageFolderIndex:
             + ". Remove the folder(s) or add images: every class needs examples."
         )
     return ImageFolderIndex(split_dir, classes, np.array(paths), np.array(labels, dtype=np.int64))
+
+
+def check_class_count(classes: list[str], split_dir: Path, allow_single_class: bool = False) -> None:
+    """One class folder trains to loss 0 and "100% top-1" whatever the model learns: an error, or with
+    `allow_single_class` (--allow-single-class) a warning."""
+    if len(classes) != 1:
+        return
+    message = (
+        f"{split_dir} has a single class folder ({classes[0]}): cross-entropy over one class is 0 for any model, "
+        "so the loss and top-1 (100%) would say nothing"
+    )
+    if not allow_single_class:
+        raise DataError(f"{message}. Add the other classes' folders, or pass --allow-single-class")
+    LOGGER.warning("%s (--allow-single-class)", message)
 
 
 def check_same_classes(train: list[str], val: list[str], train_dir: Path, val_dir: Path) -> None:
@@ -279,7 +298,7 @@ class TrainSampler(Sampler):
 
     def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int, seed: int) -> None:
         if global_batch % world_size:
-            raise ValueError(f"batch size {global_batch} is not divisible by the {world_size} processes")
+            raise ArgumentError(f"batch size {global_batch} is not divisible by the {world_size} processes")
         if num_samples < global_batch:
             raise DataError(f"{num_samples} training images are fewer than one batch of {global_batch}")
         self.num_samples, self.global_batch = num_samples, global_batch

@@ -33,6 +33,7 @@ from ultra_vil import checkpoints
 from ultra_vil.classifier import VisionLSTM, build_from_config, create_model
 from ultra_vil.train import checkpoint as ckpt_io
 from ultra_vil.train import distributed as D
+from ultra_vil.errors import ArgumentError, NonFiniteLossError
 from ultra_vil.train.data import (
     STREAM_STEP,
     DataError,
@@ -41,6 +42,7 @@ from ultra_vil.train.data import (
     TrainSampler,
     build_eval_transform,
     build_train_transform,
+    check_class_count,
     check_same_classes,
     derive_seed,
     make_loader,
@@ -84,7 +86,7 @@ def resolve_resume_path(args: argparse.Namespace) -> Path | None:
         return None
     path = args.out_dir / "last.pt" if args.resume == "auto" else Path(args.resume)
     if not path.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint {path} does not exist")
+        raise checkpoints.CheckpointError("no such file (--resume)", path)
     return path
 
 
@@ -213,8 +215,8 @@ class Trainer:
         resume_path = resolve_resume_path(args)
         resume = ckpt_io.load(resume_path) if resume_path else None
         if resume is not None and "optimizer" not in resume:
-            raise ValueError(f"--resume {resume_path} holds weights only (a best.pt?): resume from last.pt, or "
-                             f"start a new run from it with --finetune")
+            raise ArgumentError(f"--resume {resume_path} holds weights only (a best.pt?): resume from last.pt, or "
+                                f"start a new run from it with --finetune")
 
         # data: every check that can fail runs before the model is built
         train_index = scan_image_folder(args.data, "train")
@@ -228,6 +230,7 @@ class Trainer:
                 f"num_classes (--num-classes) is {args.num_classes} but {train_index.root} has "
                 f"{len(self.classes)} class folders"
             )
+        check_class_count(self.classes, train_index.root, getattr(args, "allow_single_class", False))
 
         # model: seeded before construction, so every process (and a rerun) starts from the same weights
         if resume is not None:
@@ -313,13 +316,13 @@ class Trainer:
         theirs = {k: v for k, v in {**defaults, **ckpt["config"]}.items() if k not in MODEL_KEYS_IGNORED_ON_RESUME}
         differ = sorted(k for k in set(ours) | set(theirs) if _norm(ours.get(k)) != _norm(theirs.get(k)))
         if differ:
-            raise ValueError(
+            raise ArgumentError(
                 f"--resume {path}: the model differs from the checkpoint's in "
                 + ", ".join(f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} here)" for k in differ)
                 + "; use --finetune to start a new run from it"
             )
         if ckpt["step"] and ckpt.get("steps_per_epoch") != self.steps_per_epoch:
-            raise ValueError(
+            raise ArgumentError(
                 f"--resume {path} stopped inside an epoch of {ckpt.get('steps_per_epoch')} steps, this run has "
                 f"{self.steps_per_epoch} (batch size or data changed): resume with the same --batch-size and data"
             )
@@ -327,7 +330,7 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as e:
-            raise ValueError(f"--resume {path}: optimizer state does not fit (--layer-decay changed?): {e}") from e
+            raise ArgumentError(f"--resume {path}: optimizer state does not fit (--layer-decay changed?): {e}") from e
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
@@ -475,7 +478,7 @@ class Trainer:
             if (step + 1) % 10 == 0 or step + 1 == self.steps_per_epoch:
                 value = loss.item()
                 if not math.isfinite(value):
-                    raise FloatingPointError(
+                    raise NonFiniteLossError(
                         f"training loss is {value} at epoch {epoch + 1} step {step + 1}: lower --lr or use "
                         f"--amp bf16/none"
                     )
@@ -496,7 +499,7 @@ class Trainer:
         self.partial = dict(loss_sum=0.0, count=0)
         loss = totals[0] / max(totals[1], 1.0)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} in epoch {epoch + 1}: lower --lr or use --amp bf16")
+            raise NonFiniteLossError(f"training loss is {loss} in epoch {epoch + 1}: lower --lr or use --amp bf16")
         return dict(loss=loss, lr=lr, img_per_s=totals[2] / max(elapsed, 1e-9))
 
 
