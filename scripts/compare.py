@@ -151,6 +151,34 @@ def file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def backbone_weights(yaml_path: Path) -> list[str]:
+    """The weights files the YAML's ViLBackbone rows load (ULTRA_VIL_BACKBONE_WEIGHTS overrides them, as in
+    ultra_vil.yolo.modules); a named file that does not exist is an error now, not in the worker."""
+    import yaml
+
+    from ultra_vil.yolo.modules import WEIGHTS_ENV
+
+    d = yaml.safe_load(yaml_path.read_text()) or {}
+    rows = [r for r in (d.get("backbone") or []) + (d.get("head") or []) if isinstance(r, list) and len(r) == 4]
+    found = []
+    for row in rows:
+        if row[2] != "ViLBackbone":
+            continue
+        args = row[3] if isinstance(row[3], list) else []
+        weights = os.environ.get(WEIGHTS_ENV) or (args[2] if len(args) > 2 else "")
+        if weights and str(weights).lower() != "none":
+            path = Path(str(weights)).expanduser()
+            if not path.is_file():
+                raise SystemExit(f"error: {yaml_path}: ViLBackbone weights {path} not found")
+            found.append(str(path))
+    return found
+
+
+def model_sha(yaml_path: Path) -> str:
+    """The YAML's sha, plus its backbone weights' (other weights: a new run, not a skipped one)."""
+    return "+".join([file_sha(yaml_path), *(file_sha(Path(w)) for w in backbone_weights(yaml_path))])
+
+
 # ------------------------------------------------------------------------------------------------------ parent
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -181,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         tag, scaled = scaled_model(path, args.scale)
         if any(x["tag"] == tag for x in models):
             raise SystemExit(f"error: two models would both be called {tag}; rename one YAML")
-        models.append({"tag": tag, "cfg": str(scaled), "yaml": str(path)})
+        models.append({"tag": tag, "cfg": str(scaled), "yaml": str(path), "weights": backbone_weights(path)})
 
     settings = {
         "data": str(data), "data_sha": file_sha(data), "scale": args.scale, "epochs": args.epochs,
@@ -197,13 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     for i, (model, seed) in enumerate(runs, start=1):
         label = f"[{i}/{len(runs)}] {model['tag']} seed {seed}"
         row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
-        yaml_sha = file_sha(Path(model["yaml"])) if model["yaml"] else "stock"
+        yaml_sha = model_sha(Path(model["yaml"])) if model["yaml"] else "stock"
         if row_file.is_file():
             saved = json.loads(row_file.read_text())
             if saved.get("yaml_sha") == yaml_sha:
                 print(f"{label}: done before, skipped ({row_file.relative_to(out)})", flush=True)
                 continue
-            print(f"{label}: {model['yaml']} changed since its row was written: training again", flush=True)
+            print(f"{label}: {model['yaml']} (or its backbone weights) changed since its row was written: training "
+                  "again", flush=True)
         print(f"{label}: training {args.epochs} epoch(s) at imgsz {args.img_size} on {device} ...", flush=True)
         job = {**settings, "tag": model["tag"], "cfg": model["cfg"], "vil": model["yaml"] is not None,
                "yaml_sha": yaml_sha, "seed": seed, "out_dir": str(out), "row_file": str(row_file)}  # fmt: skip
@@ -397,9 +426,9 @@ def worker(job: dict) -> int:
         "epochs_timed": len(epoch_times), "save_dir": str(save_dir),
     }  # fmt: skip
     saved = {"row": row, "notes": notes, "names": names, "yaml_sha": job["yaml_sha"], "env": env}
-    tmp = Path(job["row_file"]).with_suffix(".tmp")
-    tmp.write_text(json.dumps(saved, indent=2))
-    tmp.replace(job["row_file"])
+    from ultra_vil.checkpoints import atomic_write
+
+    atomic_write(job["row_file"], json.dumps(saved, indent=2))
     return 0
 
 
@@ -492,11 +521,14 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
     if Path(data_shown).is_relative_to(REPO):
         data_shown = os.path.relpath(data_shown, REPO)
     split_counts = _split_counts(Path(settings["data"]))
+    pretrained = ", ".join(f"{m['tag']} `{w}`" for m in models for w in m.get("weights") or [])
     lines = [
         f"# YOLOv8{settings['scale']} vs YOLOv8{settings['scale']}-ViL on {data_name}",
         "",
-        f"Data: `{data_shown}`{split_counts}, {len(names)} class(es). From scratch (no pretrained weights), "
-        f"{settings['epochs']} epoch(s), imgsz {settings['img_size']}, batch {settings['batch_size']}, "
+        f"Data: `{data_shown}`{split_counts}, {len(names)} class(es). "
+        + (f"Pretrained ViL backbone weights: {pretrained}; everything else from scratch, " if pretrained else
+           "From scratch (no pretrained weights), ")
+        + f"{settings['epochs']} epoch(s), imgsz {settings['img_size']}, batch {settings['batch_size']}, "
         f"{settings['optimizer']} lr0={settings['lr0']}, deterministic, seeds "
         f"{sorted({r['seed'] for r in rows})}; other train settings Ultralytics' defaults"
         + (f" except {settings['extra']}" if settings["extra"] else "") + ". "

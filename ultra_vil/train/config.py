@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from PATH (alone: <out-dir>/last.pt); with --eval-only: the checkpoint to test")
     g.add_argument("--eval-only", action="store_true", help="print val top-1/top-5 of --resume and exit")
     g.add_argument("--finetune", type=Path, metavar="PATH",
-                   help="start from these weights (position embedding resized, head replaced if it differs)")
+                   help="start from these weights: an ultra-vil checkpoint, a VisionLSTM2 state dict or a released "
+                        "ViL .th file, matched by name (position embedding resized, head replaced if it differs; "
+                        "a released file turns on its legacy norm)")
     g.add_argument("--save-every-steps", type=int, default=0, help="also write last.pt every N steps; 0 = off")
     g.add_argument("--debug", action="store_true",
                    help="on an error you can fix (bad file, argument or data), show the traceback besides the message")

@@ -7,12 +7,14 @@ a resumed run never holds duplicate or orphaned rows from the epochs after its l
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
 import subprocess
 from pathlib import Path
 
 import yaml
+
+from ultra_vil.checkpoints import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 
@@ -23,13 +25,12 @@ EMA_COLUMNS = ("ema_val_top1", "ema_val_top5")  # appended when --ema > 0
 def write_metrics(history: list[dict], path: Path) -> None:
     """One row per epoch: METRIC_COLUMNS (+ EMA_COLUMNS if the rows have them); written atomically."""
     columns = list(METRIC_COLUMNS) + [c for c in EMA_COLUMNS if history and c in history[0]]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write(path, text.getvalue())
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -55,10 +56,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def git_sha() -> str | None:
@@ -76,9 +77,7 @@ def write_config(resolved: dict, path: Path, header: list[str]) -> None:
     """config.yaml: every resolved argument under its argparse name, so `--config <out>/config.yaml` repeats
     the run; facts that are not arguments (git SHA, versions, world size) go in the comment header."""
     text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(resolved, sort_keys=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 class TensorBoard:
