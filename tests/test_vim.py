@@ -115,7 +115,7 @@ def test_half_precision_inputs():
 
 
 def test_bad_scan_arguments():
-    u, delta, A, B, C, D = make_inputs(5, dtype=torch.float32)
+    u, delta, A, B, C, _ = make_inputs(5, dtype=torch.float32)
     with pytest.raises(ValueError, match="backend"):
         selective_scan(u, delta, A, B, C, backend="parallel")
     with pytest.raises(ValueError, match="chunk_size"):

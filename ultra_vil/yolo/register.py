@@ -53,6 +53,7 @@ SKIP_VERSION_CHECK_ENV = "ULTRA_VIL_SKIP_VERSION_CHECK"
 
 # YAML name -> class. Every class here gets C2f's treatment (c1 inferred, c2 width-scaled, n as third argument).
 MODULES: dict[str, type[nn.Module]] = {"ViLStage": ViLStage, "ViLC2f": ViLC2f}
+MODULES.update({n: getattr(modules, n) for n in ("SequencerStage", "SequencerC2f", "VimStage", "VimC2f")})  # issue 13
 # YAML name -> class, names only: Ultralytics passes their arguments as written (like TorchVision's)
 PLAIN_MODULES: dict[str, type[nn.Module]] = {"ViLBackbone": ViLBackbone}
 
