@@ -118,6 +118,18 @@ class MultiHeadNorm(nn.Module):
         return x.reshape(B, S, NH * DH)  # (B, S, E)
 
 
+def _headwise_t(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Block-diagonal projection of N tokens, answered feature-major: (N, NB * bs) -> (NB, bs, N).
+
+    One batched matmul over the NB blocks with the tokens as the long dimension: W (bs, bs) @ x^T (bs, N) per
+    block. The token-major contraction (N, bs) @ (bs, bs) has a 4-wide output and runs 3-6x slower on CPU (and
+    needs a copy in and out); here the input is a strided view and the bias rides in the matmul (baddbmm).
+    """
+    NB, bs, _ = weight.shape
+    xt = x.reshape(-1, NB, bs).permute(1, 2, 0)  # (NB, bs, N) view
+    return torch.bmm(weight, xt) if bias is None else torch.baddbmm(bias.view(NB, bs, 1), weight, xt)
+
+
 class HeadwiseLinear(nn.Module):
     """Block-diagonal projection: `dim` features in blocks of `block_size`, each with its own square matrix.
 
@@ -134,17 +146,22 @@ class HeadwiseLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        x = x.reshape(*shape[:-1], -1, self.block_size)  # (..., NB, bs)
-        # einsum runs as one batched matmul over the NB blocks; a broadcast `x @ W` would first materialise W
-        # once per token (measured 5-7x slower on CPU at 1600 tokens)
-        x = torch.einsum("...ni,noi->...no", x, self.weight).reshape(shape)  # (..., dim)
-        return x if self.bias is None else x + self.bias
+        out = _headwise_t(x.reshape(-1, shape[-1]), self.weight, self.bias)  # (NB, bs, N)
+        return out.permute(2, 0, 1).reshape(shape)  # (..., dim)
 
 
 class MLSTMMixer(nn.Module):
     """The mLSTM branch of a ViL layer for one traversal: conv, q/k/v, gates, cell, head norm, skip.
 
-    (x_m (B, S, E) in traversal order, grid (H', W') of that order) -> (B, S, E).
+    (x_m (B, S, E) in traversal order, grid (H', W') of that order) -> (B, S, E). With `reverse`, the traversal
+    runs from the last token to the first: `mixer(x, grid, reverse=True)` equals `mixer(x.flip(1), grid).flip(1)`
+    (the reversed raster of an H' x W' grid is the grid rotated by 180 degrees), computed without the flips: the
+    cell runs backwards (`mlstm(..., reverse=True)`) and the conv uses the rotated kernel.
+
+    The parameters are VisionLSTM2's (names and shapes are the checkpoint contract); the forward pass regroups
+    their products: q, k, v come out of `_headwise_t` straight into the cell's (B, NH, S, DH) layout, and both
+    gates, Linear(3E, NH) of cat(q, k, v) in the paper, are one (2 NH, E) projection of x_c plus one of x_m
+    (q = x_c A_q^T + b_q is linear, so igate's q-columns times A_q is a weight on x_c), without building the cat.
     """
 
     def __init__(
@@ -162,6 +179,11 @@ class MLSTMMixer(nn.Module):
             raise ValueError(f"inner dim {inner_dim} is not divisible by num_heads={num_heads}")
         if conv_kernel_size % 2 != 1:
             raise ValueError(f"conv_kernel_size must be odd (same-size 2D conv), got {conv_kernel_size}")
+        if (inner_dim // num_heads) % qkv_block_size:
+            raise ValueError(
+                f"head dim {inner_dim // num_heads} (inner dim {inner_dim} / {num_heads} heads) is not divisible by "
+                f"qkv_block_size={qkv_block_size}"
+            )
         self.num_heads = num_heads
         self.backend = backend
         self.chunk_size = chunk_size
@@ -175,38 +197,88 @@ class MLSTMMixer(nn.Module):
         self.outnorm = MultiHeadNorm(E, num_heads, bias)
         self.learnable_skip = nn.Parameter(torch.ones(E))
 
-    def forward(self, x_m: Tensor, grid: tuple[int, int], cls_index: int | None = None) -> Tensor:
-        B, S, E = x_m.shape
-        x_c = F.silu(self._conv(x_m, grid, cls_index))  # (B, S, E)
-        q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)  # (B, S, E) each
-        qkv = torch.cat([q, k, v], -1)  # (B, S, 3E)
-        igate = self.igate(qkv).transpose(1, 2)  # (B, NH, S)
-        fgate = self.fgate(qkv).transpose(1, 2)  # (B, NH, S)
-        NH = self.num_heads
-        q, k, v = (t.reshape(B, S, NH, E // NH).transpose(1, 2) for t in (q, k, v))  # (B, NH, S, DH)
-        h = mlstm(q, k, v, igate, fgate, backend=self.backend, chunk_size=self.chunk_size)  # (B, NH, S, DH)
-        return self.outnorm(h) + self.learnable_skip * x_c  # (B, S, E)
+    def forward(
+        self, x_m: Tensor, grid: tuple[int, int], cls_index: int | None = None, reverse: bool = False
+    ) -> Tensor:
+        h, x_c = self.mix(x_m, grid, cls_index, reverse)
+        return norm_skip(h, x_c, self.outnorm, self.learnable_skip)  # (B, S, E)
 
-    def _conv(self, x_m: Tensor, grid: tuple[int, int], cls_index: int | None) -> Tensor:
+    def mix(
+        self, x_m: Tensor, grid: tuple[int, int], cls_index: int | None = None, reverse: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Everything up to the cell: (x_m (B, S, E), grid) -> (h (B, NH, S, DH) un-normalised, x_c (B, S, E))."""
+        B, S, E = x_m.shape
+        NH = self.num_heads
+        x_c = F.silu(self._conv(x_m, grid, cls_index, reverse))  # (B, S, E)
+        xc2, xm2 = x_c.reshape(B * S, E), x_m.reshape(B * S, E)  # views (x_m: rows of the proj_up output)
+
+        def heads(t: Tensor) -> Tensor:  # (NB, bs, B*S) = (NH, DH, B, S) -> (B, NH, S, DH), the cell's layout
+            # one copy: the cell's batched matmuls need (B, NH, chunk) to fold into one batch dim
+            return t.view(NH, E // NH, B, S).permute(2, 0, 3, 1).contiguous()
+
+        q = heads(_headwise_t(xc2, self.q_proj.weight, self.q_proj.bias))
+        k = heads(_headwise_t(xc2, self.k_proj.weight, self.k_proj.bias))
+        v = heads(_headwise_t(xm2, self.v_proj.weight, self.v_proj.bias))
+        w_c, w_m, b = self._gate_weights()
+        gates = torch.addmm(torch.addmm(b[:, None], w_c, xc2.t()), w_m, xm2.t())  # (2 NH, B*S)
+        igate, fgate = gates.view(2, NH, B, S).transpose(1, 2)  # (B, NH, S) views
+        h = mlstm(q, k, v, igate, fgate, backend=self.backend, chunk_size=self.chunk_size, reverse=reverse)
+        return h, x_c  # (B, NH, S, DH), (B, S, E)
+
+    def _gate_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Both gates as weights on x_c and x_m: (2 NH, E), (2 NH, E) and a bias (2 NH,).
+
+        gate = W_q q + W_k k + W_v v + b_g with q = A_q x_c + b_q (block-diagonal A), so the weight on x_c is
+        W_q A_q + W_k A_k, on x_m W_v A_v, and the bias b_g + W_q b_q + W_k b_k + W_v b_v. All O(NH * E * bs).
+        """
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        NB, bs, _ = self.q_proj.weight.shape
+        w_g = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3E), columns in cat(q, k, v) order
+        A = torch.stack([p.weight for p in projs])  # (3, NB, bs, bs)
+        M = torch.einsum("gtno,tnoi->tgni", w_g.view(-1, 3, NB, bs), A).flatten(2)  # (3, 2 NH, E)
+        b = torch.cat([self.igate.bias, self.fgate.bias])  # (2 NH,)
+        if self.q_proj.bias is not None:
+            b = torch.addmv(b, w_g, torch.cat([p.bias for p in projs]))
+        return M[0] + M[1], M[2], b
+
+    def _conv(self, x_m: Tensor, grid: tuple[int, int], cls_index: int | None, reverse: bool = False) -> Tensor:
         """Depthwise 2D conv of the tokens on the runtime grid, (B, S, E) -> (B, S, E).
 
+        With `reverse` the tokens are read last to first, i.e. the grid is rotated by 180 degrees: convolving the
+        un-rotated map with the rotated kernel gives the same numbers in the original order, without the flips.
         A CLS token at `cls_index` (middle-CLS pooling) has no spatial neighbours: it gets the conv of a 1 x 1
         image with zero padding, i.e. the kernel's centre tap plus the bias.
         """
         B, S, E = x_m.shape
         H, W = grid
+        weight = self.conv.weight.flip(-1, -2) if reverse else self.conv.weight  # (E, 1, k, k)
         if cls_index is None:
             # (B, S, E) viewed as a channels-last (B, E, H, W) image: no copy in, and the conv answers in
             # channels-last, so the way back is a view too
             img = x_m.reshape(B, H, W, E).permute(0, 3, 1, 2)  # (B, E, H, W), channels-last strides
-            return self.conv(img).permute(0, 2, 3, 1).reshape(B, S, E)  # (B, S, E)
+            out = F.conv2d(img, weight, self.conv.bias, padding=self.conv.padding, groups=E)
+            return out.permute(0, 2, 3, 1).reshape(B, S, E)  # (B, S, E)
         patches = torch.cat([x_m[:, :cls_index], x_m[:, cls_index + 1 :]], 1)  # (B, H*W, E)
-        out = self._conv(patches, grid, None)  # (B, H*W, E)
+        out = self._conv(patches, grid, None, reverse)  # (B, H*W, E)
         k = self.conv.kernel_size[0] // 2
-        cls = x_m[:, cls_index : cls_index + 1] * self.conv.weight[:, 0, k, k]  # (B, 1, E)
+        cls = x_m[:, cls_index : cls_index + 1] * self.conv.weight[:, 0, k, k]  # (B, 1, E); the centre tap
         if self.conv.bias is not None:
             cls = cls + self.conv.bias
         return torch.cat([out[:, :cls_index], cls, out[:, cls_index:]], 1)  # (B, S, E)
+
+
+def norm_skip(h: Tensor, x_c: Tensor, norm: MultiHeadNorm, skip: Tensor) -> Tensor:
+    """outnorm(h) + skip * x_c: (h (B, NH, S, DH), x_c (B, S, E)) -> (B, S, E), without a transposed copy of h.
+
+    The head norm is a LayerNorm over each head's DH features, run where h lies (B, NH, S, DH); its affine and the
+    skip are two multiply-adds whose first operand is the token-major (B, S, E) tensor, so the result comes out
+    token-major and the transposition rides in the last pass.
+    """
+    B, NH, S, DH = h.shape
+    hn = F.layer_norm(h, (DH,), eps=norm.eps)  # (B, NH, S, DH)
+    base = x_c * skip if norm.bias is None else torch.addcmul(norm.bias, x_c, skip)  # (B, S, E)
+    out = torch.addcmul(base.view(B, S, NH, DH), hn.transpose(1, 2), (1.0 + norm.weight).view(NH, DH))
+    return out.view(B, S, NH * DH)  # (B, S, E)
 
 
 class ViLLayer(nn.Module):
@@ -289,22 +361,24 @@ class ViLLayer(nn.Module):
         """(B, S, D) row-major tokens over `grid` -> (B, S, D). With `cls_index`, S = H*W + 1 and token
         `cls_index` is a CLS token without a grid position (row-wise directions only)."""
         B, S, D = x.shape
-        if grid[0] * grid[1] + (cls_index is not None) != S:
+        H, W = grid
+        if H * W + (cls_index is not None) != S:
             raise ValueError(f"ViLLayer: grid {tuple(grid)} does not hold {S} tokens")
-        x_m, z = self.proj_up(x).chunk(2, dim=-1)  # (B, S, E) each
+        x_m, z = self.proj_up(x).chunk(2, dim=-1)  # (B, S, E) each, views
+        E = x_m.shape[-1]
         h = 0
         for j, direction in enumerate(self.directions):
             mixer = self.mixers[0 if self.shared else j]
-            if cls_index is None:
-                x_d, grid_d = to_direction(x_m, grid, direction)  # (B, S, E) in traversal order
-                h = h + from_direction(mixer(x_d, grid_d), grid, direction)  # back to row-major
-            elif direction in ("row_fwd", "row_bwd"):
-                flip = direction == "row_bwd"  # reversing the whole sequence keeps the patches a (rotated) grid
-                x_d = x_m.flip(1) if flip else x_m
-                out = mixer(x_d, grid, S - 1 - cls_index if flip else cls_index)
-                h = h + (out.flip(1) if flip else out)
+            reverse = direction.endswith("bwd")  # read last to first: the cell and the conv run reversed
+            if direction.startswith("col"):
+                if cls_index is not None:
+                    raise ValueError(f"a CLS token is only supported with row-wise traversals, not {direction!r}")
+                # column-major order is a transposed grid (W, H): one copy each way, the conv needs the image
+                x_t = x_m.reshape(B, H, W, E).transpose(1, 2).reshape(B, S, E)  # (B, W*H, E)
+                out = mixer(x_t, (W, H), None, reverse)  # (B, W*H, E)
+                h = h + out.reshape(B, W, H, E).transpose(1, 2).reshape(B, S, E)  # back to row-major
             else:
-                raise ValueError(f"a CLS token is only supported with row-wise traversals, not {direction!r}")
+                h = h + mixer(x_m, grid, cls_index, reverse)  # (B, S, E)
         return self.proj_down(h * F.silu(z))  # (B, S, D)
 
 
