@@ -110,3 +110,16 @@ def test_hook_never_breaks_import_ultralytics(tmp_path, broken, how):
     assert p.stdout.strip() == "imported"
     expected = "broken on purpose" if broken == "import" else "not supported (on purpose)"
     assert "ultra-vil: the ViL modules could not be registered" in p.stderr and expected in p.stderr, p.stderr
+
+
+# ----------------------------------------------------------------------- defect 8: the hook off, said where we can
+def test_import_ultra_vil_yolo_says_when_the_hook_is_off(tmp_path):
+    """With ULTRA_VIL_NO_HOOK=1, before, nothing said that only this process knew the modules: the `yolo` command
+    and Ultralytics' DDP workers then ended in a bare KeyError: 'ViLC2f'. Now `import ultra_vil.yolo` (the
+    README's Python path, and compare.py's) says the hook is off and how to register by hand."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env["ULTRA_VIL_NO_HOOK"] = "1"
+    code = "import ultra_vil.yolo as y; assert y.is_registered(); print('registered')"
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "registered", p.stderr[-2000:]
+    assert "ULTRA_VIL_NO_HOOK is set" in p.stderr and "`import ultra_vil.yolo` in each process" in p.stderr
