@@ -14,8 +14,10 @@ Split without leakage: in every source image, the bottom VAL_FRACTION of the row
 training. The cut row is moved (within +-CUT_SEARCH rows) to the row that crosses the fewest crowns, and tiles are
 cut inside each part separately, so no pixel and (where such a row exists) no crown is in both splits; overlapping
 tiles only ever overlap within one split. Boxes cut by a tile edge are kept when at least MIN_VISIBLE of their
-area is inside the tile. VOC corners are 1-based: 1 is subtracted from each, as in ultra_vil.data.voc and
-Ultralytics' VOC recipe. Every step is deterministic: the same wheel gives the same files.
+area is inside the tile. The XML is read by the package's VOC reader (ultra_vil.data.voc: VOC corners are 1-based,
+1 is subtracted from each, as in Ultralytics' VOC recipe), boxes are its `Box` and label rows its `yolo_row`.
+Every step is deterministic: the same wheel gives the same files. Progress goes to logging; `build` returns the
+manifest.
 
 CLI: python -m ultra_vil.data.neon_trees [--root datasets/neon-trees]
 """
@@ -23,16 +25,23 @@ CLI: python -m ultra_vil.data.neon_trees [--root datasets/neon-trees]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
+import xml.parsers.expat
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from ultra_vil.data.base import Box, yolo_row
+from ultra_vil.data.issues import DatasetError, Issues, resolve_line
+from ultra_vil.data.voc import parse_xml, read_objects
+
+LOGGER = logging.getLogger(__name__)
 
 PACKAGE = "deepforest==2.1.0"
 WHEEL = "deepforest-2.1.0-py3-none-any.whl"
@@ -66,18 +75,8 @@ files `deepforest/data/*.png` + `*.xml` (4 annotated images, 951 tree-crown boxe
 """
 
 
-@dataclass(frozen=True)
-class Box:
-    """A box in pixel-edge coordinates of its image: 0 <= x0 < x1 <= width."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    @property
-    def area(self) -> float:
-        return max(self.x1 - self.x0, 0.0) * max(self.y1 - self.y0, 0.0)
+def area(box: Box) -> float:
+    return max(box.x2 - box.x1, 0.0) * max(box.y2 - box.y1, 0.0)
 
 
 def fetch_wheel(cache: Path) -> Path:
@@ -97,7 +96,7 @@ def fetch_wheel(cache: Path) -> Path:
             "-d",
             str(cache),
         ]
-        print(f"neon-trees: {' '.join(cmd)}", flush=True)
+        LOGGER.info("neon-trees: %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     if digest != WHEEL_SHA256:
@@ -105,21 +104,26 @@ def fetch_wheel(cache: Path) -> Path:
     return wheel
 
 
-def parse_voc(xml: bytes, source: str, width: int, height: int) -> list[Box]:
-    """Boxes of one VOC XML (1-based corners -> pixel edges, clipped to the image)."""
+def read_boxes(xml_path: Path, shown: str, width: int, height: int) -> list[Box]:
+    """Boxes of one VOC XML (ultra_vil.data.voc: 1-based corners -> pixel edges), clipped to the image.
+
+    `shown` names the file in errors (the member of the wheel, not the temp copy read)."""
+    issues = Issues()
+    try:
+        root = parse_xml(xml_path)
+    except xml.parsers.expat.ExpatError as e:
+        issues.error(shown, e.lineno, f"malformed XML: {xml.parsers.expat.ErrorString(e.code)}")
+        raise DatasetError(f"{shown}: not a VOC annotation", issues) from None
     boxes = []
-    for obj in ET.fromstring(xml).iter("object"):
-        bb = obj.find("bndbox")
-        if bb is None:
-            raise ValueError(f"{source}: <object> without <bndbox>")
-        try:
-            x0, y0, x1, y1 = (float(bb.findtext(k)) - 1.0 for k in ("xmin", "ymin", "xmax", "ymax"))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{source}: unreadable <bndbox> ({e})") from e
-        box = Box(max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
-        if box.area <= 0:
-            raise ValueError(f"{source}: empty box {(x0, y0, x1, y1)} in a {width}x{height} image")
+    for b in read_objects(Path(shown), root, issues):
+        box = dataclasses.replace(b, x1=max(b.x1, 0.0), y1=max(b.y1, 0.0), x2=min(b.x2, float(width)),
+                                  y2=min(b.y2, float(height)))  # fmt: skip
+        if area(box) <= 0:
+            corners = (b.x1, b.y1, b.x2, b.y2)
+            issues.error(shown, resolve_line(b.line), f"empty box {corners} in a {width}x{height} image")
         boxes.append(box)
+    if issues.errors:
+        raise DatasetError(f"{shown}: unusable annotations", issues)
     return boxes
 
 
@@ -127,7 +131,7 @@ def choose_cut(boxes: list[Box], height: int) -> int:
     """The row near (1 - VAL_FRACTION) * height that crosses the fewest boxes (ties: the nearest to nominal)."""
     nominal = round(height * (1 - VAL_FRACTION))
     candidates = range(max(1, nominal - CUT_SEARCH), min(height - 1, nominal + CUT_SEARCH) + 1)
-    return min(candidates, key=lambda y: (sum(b.y0 < y < b.y1 for b in boxes), abs(y - nominal), y))
+    return min(candidates, key=lambda y: (sum(b.y1 < y < b.y2 for b in boxes), abs(y - nominal), y))
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -141,18 +145,17 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 def clip_to_window(box: Box, x0: int, y0: int, x1: int, y1: int) -> Box | None:
     """`box` clipped to the window and shifted into its coordinates, or None if less than MIN_VISIBLE is inside."""
-    clipped = Box(max(box.x0, x0) - x0, max(box.y0, y0) - y0, min(box.x1, x1) - x0, min(box.y1, y1) - y0)
-    if clipped.area < MIN_VISIBLE * box.area or clipped.x1 - clipped.x0 < 2 or clipped.y1 - clipped.y0 < 2:
+    clipped = dataclasses.replace(
+        box, x1=max(box.x1, x0) - x0, y1=max(box.y1, y0) - y0, x2=min(box.x2, x1) - x0, y2=min(box.y2, y1) - y0
+    )
+    if area(clipped) < MIN_VISIBLE * area(box) or clipped.x2 - clipped.x1 < 2 or clipped.y2 - clipped.y1 < 2:
         return None
     return clipped
 
 
 def yolo_lines(boxes: list[Box], width: int, height: int) -> str:
-    """YOLO label text: `0 xc yc w h` per box, normalised to the tile, 6 decimals."""
-    rows = []
-    for b in boxes:
-        xc, yc = (b.x0 + b.x1) / 2 / width, (b.y0 + b.y1) / 2 / height
-        rows.append(f"0 {xc:.6f} {yc:.6f} {(b.x1 - b.x0) / width:.6f} {(b.y1 - b.y0) / height:.6f}")
+    """YOLO label text: `0 xc yc w h` per box, normalised to the tile (ultra_vil.data.base.yolo_row)."""
+    rows = [yolo_row(0, b.x1, b.y1, b.x2, b.y2, width, height) for b in boxes]
     return "\n".join(rows) + ("\n" if rows else "")
 
 
@@ -195,10 +198,10 @@ def build(root: str | Path = "datasets/neon-trees", wheel: str | Path | None = N
             with Image.open(png) as im:
                 image = im.convert("RGB")
             W, H = image.size
-            boxes = parse_voc(zf.read(xml_name), f"{wheel.name}:{xml_name}", W, H)
+            boxes = read_boxes(Path(zf.extract(xml_name, tmp)), f"{wheel.name}:{xml_name}", W, H)
             n_images, n_boxes = n_images + 1, n_boxes + len(boxes)
             cut = choose_cut(boxes, H)
-            crossing[stem] = sum(b.y0 < cut < b.y1 for b in boxes)
+            crossing[stem] = sum(b.y1 < cut < b.y2 for b in boxes)
             for split, (top, bottom) in (("train", (0, cut)), ("val", (cut, H))):
                 for ty in tile_starts(bottom - top, TILE, OVERLAP):
                     for tx in tile_starts(W, TILE, OVERLAP):
@@ -244,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheel", type=Path, help="local deepforest-2.1.0 wheel (default: pip download)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the manifest exists")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     m = build(args.root, args.wheel, args.force)
-    print(f"neon-trees: {args.root}: train {m['counts']['train']}, val {m['counts']['val']}")
+    LOGGER.info("neon-trees: %s: train %s, val %s", args.root, m["counts"]["train"], m["counts"]["val"])
     return 0
 
 
