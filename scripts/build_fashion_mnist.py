@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from ultra_vil.data.fashion_mnist import DEFAULT_SOURCE, build_image_folder
+from ultra_vil.train.fashion_mnist import DEFAULT_SOURCE, build_image_folder
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -649,7 +649,7 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 def test_fashion_mnist_builder(tmp_path):
     """The builder turns the Debian package's IDX files into train/ and val/ ImageFolders, the first N per class."""
-    from ultra_vil.data.fashion_mnist import CLASS_NAMES, build_image_folder, read_idx
+    from ultra_vil.train.fashion_mnist import CLASS_NAMES, build_image_folder, read_idx
 
     source = tmp_path / "src"
     source.mkdir()
@@ -672,3 +672,11 @@ def test_fashion_mnist_builder(tmp_path):
     real = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
     if real.is_file():  # the installed package, when present: 60,000 labels, 6,000 per class
         assert np.bincount(read_idx(real)).tolist() == [6000] * 10
+
+
+def test_fashion_mnist_builder_keeps_its_old_import_path():
+    """The builder moved to ultra_vil.train (issue 11); ultra_vil.data.fashion_mnist still names the same objects."""
+    from ultra_vil.data import fashion_mnist as old
+    from ultra_vil.train import fashion_mnist as new
+
+    assert old.build_image_folder is new.build_image_folder and old.read_idx is new.read_idx

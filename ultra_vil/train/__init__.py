@@ -2,6 +2,7 @@
 
     config.py       flags, YAML run configs (cfg/classifier/*.yaml), validation
     data.py         ImageFolder with OpenCV + albumentations, bad-file handling, samplers
+    fashion_mnist.py  the embedded default data: Fashion-MNIST IDX files -> ImageFolder (scripts/build_fashion_mnist.py)
     mixup.py        mixup / cutmix with label smoothing
     recipe.py       AdamW groups (weight decay, layer-wise lr decay), warmup + cosine schedule
     ema.py          EMA of the weights
