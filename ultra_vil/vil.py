@@ -238,7 +238,7 @@ class MLSTMMixer(nn.Module):
         M = torch.einsum("gtno,tnoi->tgni", w_g.view(-1, 3, NB, bs), A).flatten(2)  # (3, 2 NH, E)
         b = torch.cat([self.igate.bias, self.fgate.bias])  # (2 NH,)
         if self.q_proj.bias is not None:
-            b = torch.addmv(b, w_g, torch.cat([p.bias for p in projs]))
+            b = b + w_g @ torch.cat([p.bias for p in projs])  # not torch.addmv: ONNX has no addmv
         return M[0] + M[1], M[2], b
 
     def _conv(self, x_m: Tensor, grid: tuple[int, int], cls_index: int | None, reverse: bool = False) -> Tensor:
