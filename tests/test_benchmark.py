@@ -1,0 +1,224 @@
+"""scripts/benchmark.py and its helpers (ultra_vil.measure, ultra_vil.benchmark) at toy sizes on the CPU.
+
+No test asserts a time: the numbers of a toy run mean nothing. What is tested is that every section runs and
+writes its rows, CSV, markdown and plot; that comparisons really interleave; that the dispatch table keeps its
+one format; and that other checkouts and the official code run in worker processes.
+"""
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ultra_vil.benchmark as bench
+from ultra_vil import measure
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = Path("/work/baseline-3c73528")  # a git worktree of commit 3c73528, where one exists
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", REPO / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_rows(out: Path) -> list[dict]:
+    with open(out / "benchmark.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_benchmark_refuses_a_wrong_backend(monkeypatch):
+    """check_backend passes the real backends and raises for one whose numbers are off."""
+    for backend in ("parallel", "chunkwise", "recurrent"):
+        assert bench.check_backend(backend, NH=2, DH=16, device=torch.device("cpu"), dtype=torch.float32) < 1e-4
+    real = bench.mlstm
+
+    def off_by_a_bit(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out * 1.01 if kwargs.get("backend") == "chunkwise" else out
+
+    monkeypatch.setattr(bench, "mlstm", off_by_a_bit)
+    with pytest.raises(RuntimeError, match="chunkwise"):
+        bench.check_backend("chunkwise", NH=2, DH=16, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_compare_interleaved_takes_turns():
+    """Warm-up A, B, then A, B per round: both contenders see the same stretch of machine time."""
+    calls = []
+    res = measure.compare_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3,
+                                      warmup=1)  # fmt: skip
+    assert calls == ["a", "b"] * 4
+    for r in res.values():
+        assert len(r["times"]) == 3 and r["min"] == min(r["times"]) and r["min"] <= r["median"] <= max(r["times"])
+    # a time budget stops adding rounds, but never below min_rounds
+    calls.clear()
+    res = measure.compare_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=50,
+                                      warmup=0, max_seconds=0.0, min_rounds=2)  # fmt: skip
+    assert calls == ["a", "b", "a", "b"] and len(res["a"]["times"]) == 2
+    assert measure.ratios({"a": {"min": 2.0, "median": 6.0}, "b": {"min": 1.0, "median": 2.0}}, "a", "b") == (2, 3)
+
+
+def test_resolve_device_one_copy_of_the_rules():
+    assert measure.resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert measure.resolve_device("cpu") == measure.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in ("gpu", "cuda:x", "-1"):
+        with pytest.raises(measure.DeviceError, match="must be auto, cpu, cuda, cuda:N or N"):
+            measure.resolve_device(bad)
+    with pytest.raises(measure.DeviceError, match="several devices"):
+        measure.resolve_device("0,1")
+    if not torch.cuda.is_available():
+        for spec in ("cuda", "cuda:0", "0"):
+            with pytest.raises(RuntimeError, match="CUDA is not available"):  # DeviceError is a RuntimeError
+                measure.resolve_device(spec)
+    assert measure.ultralytics_device("cpu") == "cpu" and measure.ultralytics_device("cuda:2") == "2"
+    from ultra_vil.train.distributed import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_peak_memory_of_a_block_counts_an_allocation():
+    """The RSS-based peak of a long block (compare.py's training runs) sees a 64 MiB tensor that is written."""
+    with measure.peak_memory("cpu") as peak:
+        x = torch.ones(2**24)
+    del x
+    assert peak.mb is None or peak.mb > 32
+
+
+def test_dispatch_json_round_trips_in_the_one_format(tmp_path):
+    base = {"comment": "old", "cuda": {"bfloat16": {"parallel_max_seq": 512, "triton_min_seq": None}}}
+    measured = {"cpu": {"float32": {"parallel_max_seq": 196, "triton_min_seq": None}}}
+    path = tmp_path / "mlstm_dispatch.json"
+    written = bench.write_dispatch(path, measured, "measured by scripts/benchmark.py on test, today", base)
+    raw = json.loads(path.read_text())
+    assert raw == written == bench.read_dispatch(path)
+    assert raw == {"comment": "measured by scripts/benchmark.py on test, today",
+                   "cpu": {"float32": {"parallel_max_seq": 196, "triton_min_seq": None}},
+                   "cuda": {"bfloat16": {"parallel_max_seq": 512, "triton_min_seq": None}}}  # fmt: skip
+    assert '"triton_min_seq": null' in path.read_text()  # JSON null, as the mlstm module reads it
+    for broken in ({"cpu": {}}, {"comment": "x", "tpu": {}}, {"comment": "x", "cpu": {"float33": {}}},
+                   {"comment": "x", "cpu": {"float32": {"parallel_max_seq": 1}}},
+                   {"comment": "x", "cpu": {"float32": {"parallel_max_seq": -1, "triton_min_seq": None}}},
+                   {"comment": "x", "cpu": {"float32": {"parallel_max_seq": 1, "triton_min_seq": "64"}}}):  # fmt: skip
+        with pytest.raises(ValueError):
+            bench.validate_dispatch(broken)
+    assert bench.read_dispatch(tmp_path / "missing.json") == {"comment": "missing.json not found"}
+    if bench.DISPATCH_FILE.is_file():  # the committed package copy is in the same format
+        bench.read_dispatch(bench.DISPATCH_FILE)
+
+
+def test_pick_thresholds_at_the_crossover():
+    t = lambda ms: {"min": ms, "median": ms}
+    grid = {64: {"parallel": t(1), "chunkwise": t(2)}, 196: {"parallel": t(2), "chunkwise": t(3)},
+            256: {"parallel": t(5), "chunkwise": t(4)}, 1024: {"parallel": t(40), "chunkwise": t(10)}}  # fmt: skip
+    assert bench.pick_thresholds(grid) == {"parallel_max_seq": 196, "triton_min_seq": None}
+    for S, r in grid.items():
+        r["triton"] = t(r["chunkwise"]["min"] / 2 if S >= 256 else 100)
+    entry = bench.pick_thresholds(grid)
+    assert entry == {"parallel_max_seq": 196, "triton_min_seq": 256}
+    assert [bench.dispatch_pick(S, entry, triton=True) for S in grid] == ["parallel", "parallel", "triton", "triton"]
+    assert bench.dispatch_pick(4096, entry, triton=False) == "chunkwise"
+
+
+def test_sections_mlstm_dispatch_block_write_rows_csv_md_png(tmp_path):
+    script = load_script()
+    out = tmp_path / "bench"
+    assert script.main(["--tiny", "--device", "cpu", "--only", "mlstm,dispatch,block", "--out-dir", str(out)]) == 0
+    rows = read_rows(out)
+    by = lambda section: {(r["name"], int(r["x"])) for r in rows if r["section"] == section and r["min_ms"]}
+    assert {(n, S) for n in ("parallel", "chunkwise", "recurrent", "auto", "sdpa") for S in (16, 40)} <= by("mlstm")
+    assert {(f"{n} float32", S) for n in ("parallel", "chunkwise", "auto") for S in (8, 16, 32)} == by("dispatch")
+    assert {(n, px) for n in ("vil_pair", "transformer_layer") for px in (64, 96)} == by("block")
+    for r in rows:
+        if r["min_ms"]:
+            assert float(r["min_ms"]) <= float(r["median_ms"]) and float(r["ratio_min"]) > 0
+    assert all(float(r["peak_mem_mb"]) > 0 for r in rows if r["section"] == "block")
+    md = (out / "benchmark.md").read_text()
+    for heading in ("## Targets of issue 9", "## mlstm", "## dispatch", "## block", "peak memory, worst size",
+                    "`auto` vs the fastest backend"):  # fmt: skip
+        assert heading in md
+    assert (out / "benchmark.png").stat().st_size > 10_000
+    table = bench.read_dispatch(out / "mlstm_dispatch.json")
+    assert set(table["cpu"]["float32"]) == {"parallel_max_seq", "triton_min_seq"}
+    assert "measured by scripts/benchmark.py on cpu" in table["comment"]
+
+
+def test_yolo_section_runs_and_reports_both_models(tmp_path):
+    """Today's YOLO section never ran (missing default cfg path, dict output in train mode): it must now."""
+    script = load_script()
+    out = tmp_path / "bench"
+    assert script.main(["--tiny", "--device", "cpu", "--only", "yolo", "--out-dir", str(out)]) == 0
+    rows = {r["name"]: r for r in read_rows(out)}
+    runtimes = ["train", "torch"]
+    if importlib.util.find_spec("onnxruntime"):
+        # an export failure is reported as a row (the export itself is tested in test_yolo_cli.py)
+        if "onnx" in rows:
+            assert rows["onnx"]["note"].startswith("ONNX export failed: ")
+        else:
+            runtimes.append("onnx")
+    for rt in runtimes:
+        for model in ("yolov8n", "yolov8n-vil"):
+            assert float(rows[f"{model}_{rt}"]["min_ms"]) > 0, (model, rt, rows.get(f"{model}_{rt}"))
+        assert float(rows[f"yolov8n_{rt}"]["ratio_min"]) == 1.0
+    assert float(rows["yolov8n-vil_train"]["peak_mem_mb"]) > 0
+    assert "YOLOv8n-ViL vs YOLOv8n, fwd+bwd peak memory" in (out / "benchmark.md").read_text()
+
+
+def fake_official(root: Path) -> Path:
+    """A stand-in for NX-AI's vision_lstm package with VisionLSTM2's constructor arguments (tests only)."""
+    pkg = root / "vision_lstm"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "vision_lstm2.py").write_text(
+        "import torch\n"
+        "class VisionLSTM2(torch.nn.Module):\n"
+        "    def __init__(self, dim=192, depth=12, patch_size=16, input_shape=(3, 224, 224), output_shape=(1000,)):\n"
+        "        super().__init__()\n"
+        "        self.embed = torch.nn.Conv2d(input_shape[0], dim, patch_size, patch_size)\n"
+        "        self.head = torch.nn.Linear(dim, output_shape[0])\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.embed(x).mean((2, 3)))\n"
+    )
+    return root
+
+
+def test_classifier_section_runs_official_and_baseline_in_workers(tmp_path):
+    """--official-src (a stand-in package here) and --baseline-src (the 3c73528 worktree, where it exists) each run
+    in a worker process that imports its own code, not this checkout's; one run, to start few processes."""
+    script = load_script()
+    out = tmp_path / "bench"
+    official = fake_official(tmp_path / "official")
+    argv = ["--tiny", "--device", "cpu", "--only", "classifier", "--out-dir", str(out), "--official-src", str(official)]
+    baseline = (BASELINE / "ultra_vil" / "__init__.py").is_file()
+    assert script.main(argv + (["--baseline-src", str(BASELINE)] if baseline else [])) == 0
+    rows = {r["name"]: r for r in read_rows(out)}
+    names = ["ours", "official"] + (["baseline"] if baseline else [])
+    assert set(rows) == {f"{n}_{step}" for n in names for step in ("train", "infer")}
+    assert str(official / "vision_lstm") in rows["official_train"]["note"]
+    assert str(REPO / "ultra_vil") in rows["ours_train"]["note"]
+    if baseline:
+        assert str(BASELINE / "ultra_vil") in rows["baseline_train"]["note"]
+    assert all(float(r["throughput"]) > 0 and r["vs"] == "official" for r in rows.values())
+    assert float(rows["official_infer"]["ratio_min"]) == 1.0 and float(rows["ours_train"]["peak_mem_mb"]) > 0
+    md = (out / "benchmark.md").read_text()
+    assert "speed-up vs official" in md and (not baseline or "speed-up vs baseline" in md)
+    if not baseline:
+        pytest.skip(f"official part passed; no baseline worktree {BASELINE} for the --baseline-src part")
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path):
+    script = load_script()
+    with pytest.raises(SystemExit, match="unknown section"):
+        script.main(["--only", "mlstm,nope", "--out-dir", str(tmp_path)])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="CUDA is not available"):
+            script.main(["--device", "cuda", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not a directory"):
+        script.main(["--tiny", "--only", "classifier", "--baseline-src", str(tmp_path / "nope"), "--out-dir",
+                     str(tmp_path)])  # fmt: skip
