@@ -101,8 +101,8 @@ def _chunkwise(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, L: int
     (an L x L decay matrix) would here be L x L x DI x N per chunk, L times the size of the states themselves;
     Mamba-2 made A a scalar per head to get that form. Instead, inside a chunk the recurrence runs step by step
     for every chunk at once (L sequential steps, whatever S is): first from a zero state, to get what each chunk
-    alone adds to the state; a scan over those chunk-end states (log2(S / L) vectorised steps) gives the state
-    entering every chunk; a second pass from those states reads out y. Every factor is a product of decays,
+    alone adds to the state; the recurrence over those chunk-end states (S / L steps on (B, DI, N), cheap) gives
+    the state entering every chunk; a second pass from those states reads out y. Every factor is a product of decays,
     exp(sum of log decays <= 0) <= 1: no exp of a positive number, no division by a decay and no difference of
     cumulative sums, so large decays underflow to exact zeros instead of overflowing. The states (B, NC, DI, N)
     of one step are the only state-sized tensors besides the decays: memory ~3 x B * S * DI * N, linear in S,
@@ -127,29 +127,20 @@ def _chunkwise(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, L: int
     for t in range(1, L):
         h = decays[t] * h + du[t][..., None] * Bs[t]
     log_g = delta.reshape(Bt, NC, L, DI).sum(2)[..., None] * A  # (B, NC, DI, N)  sum_t delta_t A, <= 0
-    # 2. the state entering chunk c: H_c = exp(g_c) H_{c-1} + h_c, shifted by one chunk (zero before chunk 0)
-    H = _scan_linear(log_g, h)  # (B, NC, DI, N)  state after chunk c
-    h = F.pad(H[:, :-1], (0, 0, 0, 0, 1, 0))  # (B, NC, DI, N)
+    # 2. the state entering chunk c: H_c = exp(g_{c-1}) H_{c-1} + h_{c-1}, H_0 = 0; one step per chunk (S / L
+    # small steps), and unbind again: a traced graph (ONNX) then has the chunk count as a static Split size, so at
+    # another sequence length it fails loudly instead of skipping chunks (a log-depth scan would bake in its depth)
+    g, ends = torch.exp(log_g).unbind(1), h.unbind(1)  # NC x (B, DI, N)
+    entering = [torch.zeros_like(ends[0])]
+    for c in range(NC - 1):
+        entering.append(g[c] * entering[-1] + ends[c])
+    h = torch.stack(entering, 1)  # (B, NC, DI, N)
     # 3. the recurrence again, from the true entering states, read out step by step
     ys = []
     for t in range(L):
         h = decays[t] * h + du[t][..., None] * Bs[t]
         ys.append((h * Cs[t]).sum(-1))  # (B, NC, DI)
     return torch.stack(ys, 2).reshape(Bt, NC * L, DI)[:, :S]  # (B, S, DI)
-
-
-def _scan_linear(log_a: Tensor, b: Tensor) -> Tensor:
-    """Inclusive scan of H_c = exp(log_a_c) H_{c-1} + b_c (H_{-1} = 0) along dim 1, in log2(n) vectorised steps.
-
-    Hillis-Steele: after the step with offset k, element c holds the composition of elements (c - 2k, c]; two
-    ranges compose as (a1, b1) then (a2, b2) -> (a1 a2, a2 b1 + b2), with a in log space (sums, never differences).
-    """
-    n, k = b.shape[1], 1
-    while k < n:
-        b = torch.cat([b[:, :k], b[:, k:] + torch.exp(log_a[:, k:]) * b[:, :-k]], 1)
-        log_a = torch.cat([log_a[:, :k], log_a[:, k:] + log_a[:, :-k]], 1)
-        k *= 2
-    return b
 
 
 class SSMBranch(nn.Module):
