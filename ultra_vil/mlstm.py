@@ -121,11 +121,13 @@ def mlstm(
     if backend == "triton":
         return _triton(q, k, v, igate, fgate, chunk_size, eps, initial_state, return_state, reverse)
 
-    compute_dtype = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
+    # matmuls in the inputs' dtype when q, k, v share a half-precision one (float32 accumulation); gates, sums,
+    # stabilisers, normaliser and states in float32 (float64 stays float64)
+    acc = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
+    mm = q.dtype if q.dtype in (torch.bfloat16, torch.float16) and q.dtype == k.dtype == v.dtype else acc
     with torch.autocast(q.device.type, enabled=False):
-        q_, k_, v_, i_, f_ = (t.to(compute_dtype) for t in (q, k, v, igate, fgate))
-        k_ = k_ * (1.0 / math.sqrt(DK))  # the key scaling of the contract, applied once here
-        logf = F.logsigmoid(f_)  # (B, NH, S)
+        i_ = igate.to(acc)
+        logf = F.logsigmoid(fgate.to(acc))  # (B, NH, S)
         if initial_state is None:
             state = None
         else:
@@ -135,17 +137,20 @@ def mlstm(
                     f"initial_state must be C {(B, NH, DK, DV)}, n {(B, NH, DK)}, m {(B, NH)}; got "
                     f"{tuple(C0.shape)}, {tuple(n0.shape)}, {tuple(m0.shape)}"
                 )
-            state = MLSTMState(C0.to(compute_dtype), n0.to(compute_dtype), m0.to(compute_dtype))
+            state = MLSTMState(C0.to(acc), n0.to(acc), m0.to(acc))
         if S == 0:  # nothing to scan: empty output, state unchanged
-            h = v_.new_zeros(B, NH, 0, DV)
-            last = state if state is not None else empty_state(B, NH, DK, DV, dtype=compute_dtype, device=q.device)
-        elif backend == "parallel":
-            h, last = _parallel(q_, k_, v_, i_, logf, state, eps, return_state, reverse)
-        elif backend == "chunkwise":
-            h, last = _chunkwise(q_, k_, v_, i_, logf, state, eps, chunk_size, return_state, reverse)
-        else:
+            h = v.new_zeros(B, NH, 0, DV)
+            last = state if state is not None else empty_state(B, NH, DK, DV, dtype=acc, device=q.device)
+        elif backend == "recurrent":
+            q_, k_, v_ = (t.to(acc) for t in (q, k, v))
+            k_ = k_ * (1.0 / math.sqrt(DK))  # the key scaling of the contract
             h, last = _recurrent(q_, k_, v_, i_, logf, state, eps, reverse)
-    h = h.to(v.dtype)
+            h = h.to(v.dtype)
+        else:
+            q_, k_, v_ = (t.to(mm) for t in (q, k, v))
+            k_, v_, i_ = _sanitize(k_, v_, i_)
+            L = S if backend == "parallel" else chunk_size  # the quadratic form is one chunk
+            h, last = _scan(q_, k_, v_, i_, logf, state, eps, L, reverse, v.dtype)
     return (h, last) if return_state else h
 
 
@@ -167,9 +172,15 @@ def _triton(q, k, v, igate, fgate, chunk_size, eps, initial_state, return_state,
     return (h, last) if return_state else h
 
 
+# exp(-m) of the readout, computed as exp(min(-m, EXP_MAX)): where m is very negative (an input gate below about
+# -88 in float32) exp(-m) is inf, and its backward would meet inf * 0 = NaN even where the max picks |den|. The cap
+# changes h only where the exp branch is taken and m < -EXP_MAX, by a factor below exp(-EXP_MAX) (h ~ 1e-35 there)
+EXP_MAX = {torch.float32: 80.0, torch.float64: 700.0}
+
+
 def _readout(num: Tensor, den: Tensor, m: Tensor, eps: float) -> Tensor:
     """h = num / (max(|den|, exp(-m)) + eps). num (..., DV), den and m (...)."""
-    normaliser = torch.maximum(den.abs(), torch.exp(-m))
+    normaliser = torch.maximum(den.abs(), torch.exp((-m).clamp(max=EXP_MAX[m.dtype])))
     return num / (normaliser + eps).unsqueeze(-1)
 
 
@@ -184,50 +195,291 @@ def _order_mask(rows: int, cols: int, reverse: bool, device, strict: bool = Fals
     return ones.triu(int(strict)) if reverse else ones.tril(-int(strict))
 
 
-def _parallel(q, k, v, i, logf, state, eps, return_state, reverse=False):
-    """Quadratic form; `state` enters as one extra, already-accumulated 'step' before the first traversed one."""
-    B, NH, S, DK = q.shape
-    Fcum = _cumsum(logf, reverse)  # (B, NH, S)  log decay from the traversal's start to step t
-    logD = Fcum[..., :, None] - Fcum[..., None, :] + i[..., None, :]  # (B, NH, S, S)
-    logD = logD.masked_fill(~_order_mask(S, S, reverse, q.device), float("-inf"))
-    m = logD.amax(-1)  # (B, NH, S)
-    if state is not None:
-        log_state = Fcum + state.m[..., None]  # (B, NH, S)  weight of the carried state at step t
-        m = torch.maximum(m, log_state)
-    D = torch.exp(logD - m[..., None])  # (B, NH, S, S)  <= 1
-    Cmat = (q @ k.transpose(-2, -1)) * D  # (B, NH, S, S)
-    num = Cmat @ v  # (B, NH, S, DV)
-    den = Cmat.sum(-1)  # (B, NH, S)
-    if state is not None:
-        w = torch.exp(log_state - m)  # (B, NH, S)
-        num = num + w[..., None] * (q @ state.C)
-        den = den + w * (q @ state.n[..., None]).squeeze(-1)
-    h = _readout(num, den, m, eps)
-    last = None
-    if return_state:
-        # the state after the last traversed step, from the same weights the last row of the quadratic form uses
-        end = 0 if reverse else S - 1
-        a = Fcum[..., end : end + 1] - Fcum + i  # (B, NH, S)  log weight of input s at the end
-        m_end = a.amax(-1)  # (B, NH)
-        if state is not None:
-            m_end = torch.maximum(m_end, Fcum[..., end] + state.m)
-        wa = torch.exp(a - m_end[..., None])  # (B, NH, S)
-        C_end = (k * wa[..., None]).transpose(-2, -1) @ v  # (B, NH, DK, DV)
-        n_end = (k * wa[..., None]).sum(-2)  # (B, NH, DK)
-        if state is not None:
-            ws = torch.exp(Fcum[..., end] + state.m - m_end)  # (B, NH)
-            C_end = C_end + ws[..., None, None] * state.C
-            n_end = n_end + ws[..., None] * state.n
-        last = MLSTMState(C_end, n_end, m_end)
-    return h, last
+def _finite_ref(m: Tensor) -> Tensor:
+    """m where it is finite, 0 where it is -inf (nothing written yet: exp(-inf - 0) = 0 instead of NaN); NaN stays."""
+    return m.masked_fill(m == float("-inf"), 0.0)
 
 
-def _chunkwise(q, k, v, i, logf, state, eps, L, return_state, reverse=False):
-    """Chunks of L steps: each chunk's summary, the state entering every chunk, then all chunks in parallel.
+def _cumsum_adjoint(x: Tensor, reverse: bool) -> Tensor:
+    """The backward of `_cumsum(., reverse)`: the cumulative sum the other way."""
+    return _cumsum(x, not reverse)
 
-    The traversal's end (the end of the sequence, its front with reverse) is padded to a multiple of L with
-    steps that neither write (input gate -inf) nor forget (log forget gate 0), so padding changes neither
-    earlier outputs nor the final state. Memory is O(S * (L + DK * DV / L)) per batch and head: linear in S.
+
+def _sanitize(k: Tensor, v: Tensor, i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep a non-finite key or value at step t out of every output before t.
+
+    The quadratic and chunk forms multiply weights that are exactly 0 (future steps) with keys and values, and
+    0 * NaN = NaN: one bad step would poison the whole sequence. Such steps get k = v = 0 and an input gate of NaN
+    instead, so the NaN reaches exactly the outputs the recurrence would spoil (t and later) through the gates,
+    which are masked with `where`. One read of k and v; the copies only when something is non-finite (CPU, eager)
+    or always (CUDA and compile: no host sync, no graph break).
+    """
+    bad = ~torch.isfinite(k.sum(-1, dtype=i.dtype) + v.sum(-1, dtype=i.dtype))  # (B, NH, S)
+    if k.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(bad.any()):
+        return k, v, i
+    return (
+        k.masked_fill(bad[..., None], 0.0),
+        v.masked_fill(bad[..., None], 0.0),
+        i.masked_fill(bad, float("nan")),
+    )
+
+
+def _chunk_gates(ic: Tensor, fc: Tensor, reverse: bool):
+    """Per-chunk log weights, (..., NC, L) gate tensors in -> the pieces both passes need.
+
+    Returns:
+        row: (..., NC, L) decay from the chunk's traversal start to step t, rounded to the compute dtype.
+        col: (..., NC, L) i_s minus the rounding error of row_s, so row_t - row_s + col_s is the decay t <- s plus
+            i_s to full precision: the difference is formed from two rounded numbers, exact to the rounding of the
+            result itself, not of the (possibly large) cumulative sums. The error left, row_t's own rounding, shifts
+            all of row t's log weights (and its stabiliser) alike, which num and den do not see.
+        lo: (..., NC, L) that rounding error: the readout's exp(-m_t) needs the true m_t = (shifted m_t) + lo_t.
+        a: (..., NC, L) log weight of input s at the chunk's traversal end.
+        g: (..., NC) float64 decay over the whole chunk.
+    """
+    F64 = _cumsum(fc.double(), reverse)  # (..., NC, L)  float64: no digits lost to the running sum
+    g = F64[..., 0] if reverse else F64[..., -1]  # (..., NC)
+    row = F64.to(fc.dtype)
+    lo = (F64 - row).to(fc.dtype)
+    col = ic - lo
+    a = (g[..., None] - F64).to(fc.dtype) + ic
+    return row, col, a, g, lo
+
+
+def _chunk_mix(g: Tensor, m_loc: Tensor, m0: Tensor | None, reverse: bool, dtype: torch.dtype):
+    """Log weights of the chunk summaries in the state entering chunk c = 0..NC-1 and in the final state (row NC).
+
+    State c is a weighted sum of the summaries of the chunks j traversed before it (and the initial state), with log
+    weight decay(end of chunk j -> start of chunk c) + m_loc[j]; the scan over chunks is linear, so all rows come at
+    once (no Python loop: compile does not unroll NC steps). These decays are differences of sums over the whole
+    sequence, so they are formed in float64 (ulp(1e5) ~ 0.008 in float32); the matrix is only (NC+1, NC).
+
+    Returns logw (..., NC+1, NC) (-inf where j is not before c), log_init (..., NC+1) or None, Gex and A (float64).
+    """
+    NC = g.shape[-1]
+    A = _cumsum(g, reverse)  # (..., NC)  decay from the traversal's start to the end of chunk c
+    # ... to its start (= A - g, formed without g so a NaN in chunk c reaches only later chunks); row NC: the end
+    Gex = torch.cat([F.pad(A[..., 1:], (0, 1)), A[..., :1]] if reverse else [F.pad(A[..., :-1], (1, 0)), A[..., -1:]], -1)
+    before = torch.ones(NC + 1, NC, dtype=torch.bool, device=g.device)
+    before[:NC] = _order_mask(NC, NC, reverse, g.device, strict=True)
+    logw = (Gex[..., :, None] - A[..., None, :]).to(dtype) + m_loc[..., None, :]
+    logw = logw.masked_fill(~before, float("-inf"))
+    log_init = None if m0 is None else (Gex + m0[..., None].double()).to(dtype)
+    return logw, log_init, Gex, A
+
+
+class _ChunkwiseMLSTM(torch.autograd.Function):
+    """Chunkwise mLSTM with a hand-written backward that recomputes the (L, L) matrices (FlashAttention-style).
+
+    Saved for backward: q, k, v, the gates, the (C, n, m) state entering every chunk, and per step m and the
+    normaliser's denominator: O(S * (DK + DV) + S / L * DK * DV) per batch and head, nothing of size S * L.
+    The parallel backend is this with one chunk of L = S.
+
+    Inputs are chunked views (B, NH, NC, L, D) of tensors whose S is a multiple of L (the caller pads). The
+    stabilisers (m of every state, m_loc of every summary) cancel out of h except through the normaliser's
+    max(|den|, exp(-m_t)) + eps; backward differentiates that dependence through the chain of maxima (to the
+    argmax of each), which is what autograd does on the recurrence.
+    """
+
+    @staticmethod
+    def forward(ctx, qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype):
+        B, NH, NC, L, DK = qc.shape
+        DV = vc.shape[-1]
+        acc = ic.dtype
+        log_scale = -0.5 * math.log(DK)  # keys scaled by 1/sqrt(DK), folded into the exponents
+        row, col, a, g, lo = _chunk_gates(ic, fc, reverse)
+
+        # what each chunk alone writes into the memory, stabilised by its own max (-inf: nothing written)
+        m_loc = a.amax(-1)  # (B, NH, NC)
+        wa = torch.exp(a - (_finite_ref(m_loc) - log_scale)[..., None]).nan_to_num_(nan=0.0)  # (B, NH, NC, L)
+        kw = kc * wa[..., None]  # (B, NH, NC, L, DK)  acc dtype; scaled keys times their write weights
+        n_loc = kw.sum(-2)  # (B, NH, NC, DK)
+        C_loc = _mm(kw.to(qc.dtype).transpose(-2, -1), vc, acc)  # (B, NH, NC, DK, DV)
+        del kw
+
+        logw, log_init, _, _ = _chunk_mix(g, m_loc, m0, reverse, acc)
+        m_all = logw.amax(-1)  # (B, NH, NC+1)
+        if log_init is not None:
+            m_all = torch.maximum(m_all, log_init)
+        w_in = torch.exp(logw - _finite_ref(m_all)[..., None])  # (B, NH, NC+1, NC)
+        C_all = (w_in @ C_loc.flatten(-2)).unflatten(-1, (DK, DV))  # (B, NH, NC+1, DK, DV)
+        n_all = w_in @ n_loc  # (B, NH, NC+1, DK)
+        if log_init is not None:
+            w0 = torch.exp(log_init - _finite_ref(m_all))  # (B, NH, NC+1)
+            C_all += w0[..., None, None] * C0[:, :, None]
+            n_all += w0[..., None] * n0[:, :, None]
+        del C_loc, w_in
+
+        h, den, m_t = _intra_forward(qc, kc, vc, row, col, lo, C_all[:, :, :NC], n_all[:, :, :NC],
+                                     m_all[..., :NC], eps, reverse, log_scale, out_dtype)
+        ctx.save_for_backward(qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t)
+        ctx.eps, ctx.reverse = eps, reverse
+        return h, C_all[:, :, NC], n_all[:, :, NC], m_all[..., NC]
+
+    @staticmethod
+    def backward(ctx, dh, dC_fin, dn_fin, dm_fin):
+        qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t = ctx.saved_tensors
+        eps, reverse = ctx.eps, ctx.reverse
+        B, NH, NC, L, DK = qc.shape
+        acc = ic.dtype
+        mm = qc.dtype
+        log_scale = -0.5 * math.log(DK)
+        row, col, a, g, lo = _chunk_gates(ic, fc, reverse)
+        C_in, n_in, m_in = C_all[:, :, :NC], n_all[:, :, :NC], m_all[..., :NC]
+
+        # the readout h = num / nrm, nrm = max(|den|, e) + eps, e = exp(-m_t) (capped)
+        dh = dh.to(acc)
+        e = torch.exp((-m_t - lo).clamp(max=EXP_MAX[acc]))
+        den_wins = den.abs() >= e
+        nrm = torch.where(den_wins, den.abs(), e) + eps  # (B, NH, NC, L)
+        dhh = (dh * h).sum(-1)  # (B, NH, NC, L)  dh . h
+        dnum = dh / nrm[..., None]  # (B, NH, NC, L, DV)
+        dden = torch.where(den_wins, -dhh / nrm * den.sign(), 0.0)
+        # m_t moves num, den and e together; what is left is the eps term (and e's cap): dm = -eps (dh . h) / nrm
+        e_live = torch.where(den_wins, den.abs(), torch.where(-m_t - lo < EXP_MAX[acc], e, 0.0))
+        dm_t = dhh * (e_live / nrm - 1.0)  # (B, NH, NC, L)
+
+        dq, dk, dv, dlogD_row, dlogD_col, dls, dC_in, dn_in, state_wins, idx = _intra_backward(
+            qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale
+        )
+        # route dm_t to the argmax of its row: one step of the chunk, or the carried state
+        dm_row = torch.where(state_wins, 0.0, dm_t)
+        dls = dls + torch.where(state_wins, dm_t, 0.0)
+        dm_in = torch.where(state_wins, dm_t, 0.0).sum(-1)  # (B, NH, NC)  the chain to earlier chunks
+        dFc = dlogD_row - dlogD_col + dls + dm_row
+        dFc.scatter_add_(-1, idx, -dm_row)
+        dic = dlogD_col.scatter_add(-1, idx, dm_row)
+
+        # the states: row c < NC of C_all enters chunk c, row NC is the final state (an output)
+        dC_all = torch.cat([dC_in, dC_fin[:, :, None].to(acc)], 2)  # (B, NH, NC+1, DK, DV)
+        dn_all = torch.cat([dn_in, dn_fin[:, :, None].to(acc)], 2)  # (B, NH, NC+1, DK)
+        # the final m is an output: the stabilised C and n move against it
+        dm_end = dm_fin.to(acc) - (dC_fin * C_all[:, :, NC]).sum((-2, -1)) - (dn_fin * n_all[:, :, NC]).sum(-1)
+        dm_all = torch.cat([dm_in, dm_end[..., None]], -1)  # (B, NH, NC+1)
+        dm_all = dm_all.masked_fill(m_all == float("-inf"), 0.0)  # an empty state's m = -inf depends on nothing
+        dGex = (dC_all * C_all).sum((-2, -1)) + (dn_all * n_all).sum(-1) + dm_all  # (B, NH, NC+1)
+
+        m_loc = a.amax(-1)
+        logw, log_init, _, _ = _chunk_mix(g, m_loc, m0, reverse, acc)
+        m_ref = _finite_ref(m_all)
+        w_in = torch.exp(logw - m_ref[..., None])  # (B, NH, NC+1, NC)
+        dC_loc = (w_in.transpose(-2, -1) @ dC_all.flatten(-2)).unflatten(-1, (DK, C_all.shape[-1]))  # (B,NH,NC,DK,DV)
+        dn_loc = w_in.transpose(-2, -1) @ dn_all  # (B, NH, NC, DK)
+        dC0 = dn0 = dm0 = None
+        if log_init is not None:
+            w0 = torch.exp(log_init - m_ref)  # (B, NH, NC+1)
+            dC0 = (w0[..., None, None] * dC_all).sum(2)
+            dn0 = (w0[..., None] * dn_all).sum(2)
+            dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1)
+        # dm_all to the argmax of each state's stabiliser: a chunk summary j, or the initial state
+        lw_max, j_star = logw.max(-1)  # (B, NH, NC+1)
+        init_wins = (log_init > lw_max) if log_init is not None else torch.zeros_like(lw_max, dtype=torch.bool)
+        dm_chunk = torch.where(init_wins | (lw_max == float("-inf")), 0.0, dm_all)
+        if dm0 is not None:
+            dm0 = dm0 + torch.where(init_wins, dm_all, 0.0).sum(-1)
+        dm_loc = torch.zeros_like(m_loc).scatter_add_(-1, j_star, dm_chunk)  # (B, NH, NC)
+        dA = -torch.zeros_like(m_loc).scatter_add_(-1, j_star, dm_chunk)
+
+        # the summaries C_loc = sum_s wa_s k_s v_s^T (keys scaled), n_loc = sum_s wa_s k_s
+        wa = torch.exp(a - (_finite_ref(m_loc) - log_scale)[..., None]).nan_to_num_(nan=0.0)  # (B, NH, NC, L)
+        dC_loc_mm = dC_loc.to(mm)
+        Z = _mm(vc, dC_loc_mm.transpose(-2, -1), acc) + dn_loc[:, :, :, None]  # (B, NH, NC, L, DK)
+        dk = dk.addcmul_(Z, wa[..., None])
+        da = (kc * Z).sum(-1) * wa  # (B, NH, NC, L)
+        dv = dv + _mm((kc * wa[..., None]).to(mm), dC_loc_mm, acc)
+        dA = dA - da.sum(-1)
+        _, s_star = a.max(-1)  # (B, NH, NC)
+        da = da.scatter_add(-1, s_star[..., None], dm_loc[..., None])
+
+        # a = g - Fc + i;  A = cumsum(g) over chunks, Gex = [A - g, A[end]];  g = Fc[end of chunk]
+        dic = dic + da
+        dFc = dFc - da
+        dg = da.sum(-1) - dGex[..., :NC]
+        dA = dA + dGex[..., :NC]
+        end = 0 if reverse else NC - 1
+        dA[..., end] += dGex[..., NC]
+        dg = dg + _cumsum_adjoint(dA, reverse)
+        dFc[..., 0 if reverse else L - 1] += dg
+        dfc = _cumsum_adjoint(dFc, reverse)
+        return dq.to(mm), dk.to(mm), dv.to(mm), dic, dfc, dC0, dn0, dm0, None, None, None
+
+
+def _mm(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
+    """a @ b for operands in the matmul dtype, accumulated and returned in `acc` (float32 out of bf16/fp16 inputs:
+    tensor cores on CUDA; on CPU the same numbers by upcasting the operands)."""
+    if a.dtype == acc:
+        return a @ b
+    if a.is_cuda:
+        *batch, M, K = a.shape
+        N = b.shape[-1]
+        return torch.bmm(a.reshape(-1, M, K), b.reshape(-1, K, N), out_dtype=acc).reshape(*batch, M, N)
+    return a.to(acc) @ b.to(acc)
+
+
+def _intra_forward(qc, kc, vc, row, col, lo, C_in, n_in, m_in, eps, reverse, log_scale, out_dtype):
+    """Outputs of every chunk: the (anti-)causal quadratic form inside it plus its entering state."""
+    acc, mm = row.dtype, qc.dtype
+    L = qc.shape[-2]
+    logD = row[..., :, None] - row[..., None, :]  # (B, NH, NC, L, L)  decay t <- s
+    logD += col[..., None, :]
+    logD.masked_fill_(~_order_mask(L, L, reverse, qc.device), float("-inf"))
+    ls = row + m_in[..., None]  # (B, NH, NC, L)  log weight of the entering state at step t
+    m_t = torch.maximum(logD.amax(-1), ls)  # (B, NH, NC, L)
+    m_ref = _finite_ref(m_t)
+    D = logD.sub_((m_ref - log_scale)[..., None]).exp_()  # (B, NH, NC, L, L)  weights times 1/sqrt(DK)
+    P = _mm(qc, kc.transpose(-2, -1), acc).mul_(D)  # (B, NH, NC, L, L)
+    del D, logD
+    w = torch.exp(ls - m_ref)  # (B, NH, NC, L)
+    # q . n in float32: den is a sum with cancellation (it is small where h is large), n in bf16 costs 0.3 in dq
+    den = P.sum(-1) + w * (qc * n_in[:, :, :, None, :]).sum(-1)  # (B, NH, NC, L)
+    num = _mm(P.to(mm), vc, acc)  # (B, NH, NC, L, DV)
+    num = num.addcmul_(w[..., None], _mm(qc, C_in.to(mm), acc))
+    nrm = torch.maximum(den.abs(), torch.exp((-m_t - lo).clamp(max=EXP_MAX[acc]))) + eps  # m_t + lo: the true m
+    h = num.div_(nrm[..., None]).to(out_dtype)
+    return h, den, m_t
+
+
+def _intra_backward(qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale):
+    """Backward of `_intra_forward` with m_t held fixed; recomputes the (L, L) matrices."""
+    acc, mm = row.dtype, qc.dtype
+    L = qc.shape[-2]
+    logD = row[..., :, None] - row[..., None, :]
+    logD += col[..., None, :]
+    logD.masked_fill_(~_order_mask(L, L, reverse, qc.device), float("-inf"))
+    ls = row + m_in[..., None]
+    mrow, idx = logD.max(-1)  # (B, NH, NC, L)
+    state_wins = ls > mrow
+    m_ref = _finite_ref(m_t)
+    D = logD.sub_((m_ref - log_scale)[..., None]).exp_()  # (B, NH, NC, L, L)
+    del logD
+    P = _mm(qc, kc.transpose(-2, -1), acc).mul_(D)  # (B, NH, NC, L, L)
+    w = torch.exp(ls - m_ref)  # (B, NH, NC, L)
+    dnum_mm = dnum.to(mm)
+    dv = _mm(P.to(mm).transpose(-2, -1), dnum_mm, acc)  # (B, NH, NC, L, DV)
+    dP = _mm(dnum_mm, vc.transpose(-2, -1), acc).add_(dden[..., None])  # (B, NH, NC, L, L)
+    dlogD = P.mul_(dP)  # d/d logD = dP * P (masked entries: P = 0)
+    dlogD_row, dlogD_col = dlogD.sum(-1), dlogD.sum(-2)
+    del dlogD, P
+    dS = dP.mul_(D).to(mm)  # (B, NH, NC, L, L)  d/d(q k^T)
+    del D
+    dq = _mm(dS, kc, acc)
+    dk = _mm(dS.transpose(-2, -1), qc, acc)
+    del dS, dP
+    # the state term: num += w q C_in, den += w q . n_in
+    Y = _mm(dnum_mm, C_in.to(mm).transpose(-2, -1), acc) + dden[..., None] * n_in[:, :, :, None]  # (B,NH,NC,L,DK)
+    dls = (qc * Y).sum(-1) * w
+    dq = dq.addcmul_(w[..., None], Y)
+    qw = (qc * w[..., None]).to(mm)  # (B, NH, NC, L, DK)
+    dC_in = _mm(qw.transpose(-2, -1), dnum_mm, acc)  # (B, NH, NC, DK, DV)
+    dn_in = (qc * (w * dden)[..., None]).sum(-2).to(acc)  # (B, NH, NC, DK)
+    return dq, dk, dv, dlogD_row, dlogD_col, dls, dC_in, dn_in, state_wins, idx
+
+
+def _scan(q, k, v, i, logf, state, eps, L, reverse, out_dtype):
+    """Pad to a multiple of L at the traversal's end, chunk, run `_ChunkwiseMLSTM`; (h (B, NH, S, DV), state).
+
+    Padded steps neither write (input gate -inf) nor forget (log forget gate 0), so they change neither earlier
+    outputs nor the final state.
     """
     B, NH, S, DK = q.shape
     DV = v.shape[-1]
@@ -238,60 +490,13 @@ def _chunkwise(q, k, v, i, logf, state, eps, L, return_state, reverse=False):
         i = F.pad(i, where, value=float("-inf"))
         logf = F.pad(logf, where, value=0.0)
     NC = (S + pad) // L
-    qc, kc, vc = (t.reshape(B, NH, NC, L, t.shape[-1]) for t in (q, k, v))  # (B, NH, NC, L, D*)
+    qc, kc, vc = (t.reshape(B, NH, NC, L, t.shape[-1]) for t in (q, k, v))  # (B, NH, NC, L, D*)  views
     ic, fc = i.reshape(B, NH, NC, L), logf.reshape(B, NH, NC, L)
-    Fc = _cumsum(fc, reverse)  # (B, NH, NC, L)  decay from the chunk's traversal start to step t (inclusive)
-    g = Fc[..., 0] if reverse else Fc[..., -1]  # (B, NH, NC)  decay over the whole chunk
-
-    # what each chunk alone writes into the memory, stabilised by its own max
-    a = g[..., None] - Fc + ic  # (B, NH, NC, L)  log weight of input s at the chunk's traversal end
-    m_loc = a.amax(-1)  # (B, NH, NC)  finite: every chunk holds at least one real step
-    wa = torch.exp(a - m_loc[..., None])  # (B, NH, NC, L)
-    kw = kc * wa[..., None]  # (B, NH, NC, L, DK)
-    C_loc = kw.transpose(-2, -1) @ vc  # (B, NH, NC, DK, DV)
-    n_loc = kw.sum(-2)  # (B, NH, NC, DK)
-
-    # the state entering each chunk c = 0..NC-1 and the final state (row NC), all at once: the scan over chunks is
-    # linear, so state c is a weighted sum of the summaries of the chunks j traversed before it (and the initial
-    # state), with log weights decay(end of chunk j -> start of chunk c) + m_loc[j]; no Python loop, so compile
-    # does not unroll NC steps.
-    # These are sums over the whole sequence; differences of such sums lose digits in float32 once they are large
-    # (ulp(1e5) ~ 0.008 in the exponent), so the (small, O(NC^2)) log weights are formed in float64
-    A = _cumsum(g.double(), reverse)  # (B, NH, NC)  decay from the traversal's start to the end of chunk c
-    Gex = A - g.double()  # (B, NH, NC)  ... to the start of chunk c
-    Gex = torch.cat([Gex, A[..., :1] if reverse else A[..., -1:]], -1)  # (B, NH, NC+1)  row NC: the end
-    logw = (Gex[..., :, None] - A[..., None, :] + m_loc[..., None, :]).to(q.dtype)  # (B, NH, NC+1, NC)
-    before = torch.ones(NC + 1, NC, dtype=torch.bool, device=q.device)
-    before[:NC] = _order_mask(NC, NC, reverse, q.device, strict=True)  # j traversed before c; all j before the end
-    logw = logw.masked_fill(~before, float("-inf"))
-    m_in_all = logw.amax(-1)  # (B, NH, NC+1); -inf where nothing was written yet
-    if state is not None:
-        log_init = (Gex + state.m[..., None]).to(q.dtype)  # (B, NH, NC+1)
-        m_in_all = torch.maximum(m_in_all, log_init)
-    m_ref = torch.where(torch.isfinite(m_in_all), m_in_all, torch.zeros_like(m_in_all))  # no exp(-inf - -inf)
-    w_in = torch.exp(logw - m_ref[..., None])  # (B, NH, NC+1, NC)
-    C_all = (w_in @ C_loc.flatten(-2)).unflatten(-1, (DK, DV))  # (B, NH, NC+1, DK, DV)
-    n_all = w_in @ n_loc  # (B, NH, NC+1, DK)
-    if state is not None:
-        w0 = torch.exp(log_init - m_ref)  # (B, NH, NC+1)
-        C_all = C_all + w0[..., None, None] * state.C[:, :, None]
-        n_all = n_all + w0[..., None] * state.n[:, :, None]
-    # m_in stays -inf while the state is empty, so an empty state cannot move the stabiliser of any output
-    C_in, n_in, m_in = C_all[:, :, :NC], n_all[:, :, :NC], m_in_all[..., :NC]  # entering chunk c
-    last = MLSTMState(C_all[:, :, NC], n_all[:, :, NC], m_in_all[..., NC]) if return_state else None
-
-    # outputs: the carried state plus the (anti-)causal quadratic form inside each chunk
-    log_state = Fc + m_in[..., None]  # (B, NH, NC, L)
-    logD = Fc[..., :, None] - Fc[..., None, :] + ic[..., None, :]  # (B, NH, NC, L, L)
-    logD = logD.masked_fill(~_order_mask(L, L, reverse, q.device), float("-inf"))
-    m_t = torch.maximum(logD.amax(-1), log_state)  # (B, NH, NC, L)
-    D = torch.exp(logD - m_t[..., None])  # (B, NH, NC, L, L)
-    Cmat = (qc @ kc.transpose(-2, -1)) * D  # (B, NH, NC, L, L)
-    w = torch.exp(log_state - m_t)  # (B, NH, NC, L)
-    num = Cmat @ vc + w[..., None] * (qc @ C_in)  # (B, NH, NC, L, DV)
-    den = Cmat.sum(-1) + w * (qc @ n_in[..., None]).squeeze(-1)  # (B, NH, NC, L)
-    h = _readout(num, den, m_t, eps).reshape(B, NH, NC * L, DV)  # (B, NH, S + pad, DV)
-    return (h[:, :, pad:] if reverse else h[:, :, :S]), last
+    C0, n0, m0 = state if state is not None else (None, None, None)
+    h, C, n, m = _ChunkwiseMLSTM.apply(qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype)
+    h = h.reshape(B, NH, NC * L, DV)
+    h = h[:, :, pad:] if reverse else h[:, :, :S]
+    return h, MLSTMState(C, n, m)
 
 
 def _recurrent(q, k, v, i, logf, state, eps, reverse=False):
@@ -321,8 +526,9 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, state: 
     """
     C, n, m = state
     m_new = torch.maximum(logf + m, i)  # (B, NH)
-    f_ = torch.exp(logf + m - m_new)  # (B, NH)  0 while the state is empty (m = -inf)
-    i_ = torch.exp(i - m_new)  # (B, NH)
+    m_ref = _finite_ref(m_new)  # -inf only while nothing was ever written: then both weights below are 0, not NaN
+    f_ = torch.exp(logf + m - m_ref)  # (B, NH)  0 while the state is empty (m = -inf)
+    i_ = torch.exp(i - m_ref)  # (B, NH)
     C = f_[..., None, None] * C + i_[..., None, None] * (k[..., :, None] * v[..., None, :])  # (B, NH, DK, DV)
     n = f_[..., None] * n + i_[..., None] * k  # (B, NH, DK)
     num = (q[..., None, :] @ C).squeeze(-2)  # (B, NH, DV)
