@@ -106,6 +106,7 @@ def _kernels(interpret: bool):
         S, NC, scale,
         DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
         BV: tl.constexpr, HAS_INIT: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
+        REVERSE: tl.constexpr,
     ):  # fmt: skip
         bh = tl.program_id(0).to(tl.int64)
         pk = tl.program_id(1)
@@ -133,9 +134,10 @@ def _kernels(interpret: bool):
             tl.store(MS + st, m, mask=first)
             t = c * L + tau  # (BL,)
             valid = (tau < L) & (t < S)
+            p = S - 1 - t if REVERSE else t  # (BL,) position in memory: reverse traverses S-1 -> 0
             # masked steps neither write (i = -inf) nor forget (log f = 0)
-            i = tl.load(I + bh * S + t, mask=valid, other=float("-inf"))  # (BL,)
-            lf = tl.load(LF + bh * S + t, mask=valid, other=0.0)  # (BL,)
+            i = tl.load(I + bh * S + p, mask=valid, other=float("-inf"))  # (BL,)
+            lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)  # (BL,)
             Fc = tl.cumsum(lf, 0)  # (BL,) decay from the chunk start to step tau, inclusive
             g = tl.sum(lf, 0)  # decay over the whole chunk
             a = g - Fc + i  # (BL,) log weight of step tau's input at the chunk end
@@ -143,8 +145,8 @@ def _kernels(interpret: bool):
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing written yet: avoid -inf - -inf
             decay = tl.exp(g + m - m_ref)  # <= 1; 0 while the state is empty
             wk = tl.exp(a - m_ref) * scale  # (BL,) <= 1 (times the key scaling of the contract)
-            kt = tl.load(K + (bh * S + t[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
-            vt = tl.load(V + (bh * S + t[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
+            kt = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
+            vt = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
             kw = kt.to(tl.float32) * wk[:, None]  # (BL, BK)
             C = decay * C + tl.dot(tl.trans(kw.to(RT).to(CT)), vt.to(RT).to(CT), input_precision=PREC)  # (BK, BV)
             n = decay * n + tl.sum(kw, 0)  # (BK,)
@@ -160,6 +162,7 @@ def _kernels(interpret: bool):
         S, NC, scale, eps,
         DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
         BV: tl.constexpr, NK: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
+        REVERSE: tl.constexpr,
     ):  # fmt: skip
         c = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
@@ -169,8 +172,9 @@ def _kernels(interpret: bool):
         mv = offv < DV
         t = c * L + tau  # (BL,)
         valid = (tau < L) & (t < S)
-        i = tl.load(I + bh * S + t, mask=valid, other=float("-inf"))
-        lf = tl.load(LF + bh * S + t, mask=valid, other=0.0)
+        p = S - 1 - t if REVERSE else t  # (BL,) position in memory: reverse traverses S-1 -> 0
+        i = tl.load(I + bh * S + p, mask=valid, other=float("-inf"))
+        lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)
         Fc = tl.cumsum(lf, 0)  # (BL,)
         st = bh * (NC + 1) + c
         m_c = tl.load(MS + st)  # stabiliser of the entering state; -inf if empty
@@ -188,27 +192,27 @@ def _kernels(interpret: bool):
             offk = kt * BK + tl.arange(0, BK)
             mk = offk < DK
             mq = valid[:, None] & mk[None, :]  # (BL, BK)
-            qt = tl.load(Q + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)  # (BL, BK)
-            kk = tl.load(K + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)  # (BL, BK)
+            qt = tl.load(Q + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)  # (BL, BK)
+            kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)  # (BL, BK)
             Sqk += tl.dot(qt.to(RT).to(CT), tl.trans(kk.to(RT).to(CT)), input_precision=PREC)  # (BL, BL)
             Ct = tl.load(CS + st * DK * DV + offk[:, None] * DV + offv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
             qC += tl.dot(qt.to(RT).to(CT), Ct.to(RT).to(CT), input_precision=PREC)  # (BL, BV)
             nt = tl.load(NS + st * DK + offk, mask=mk, other=0.0)  # (BK,)
             qn += tl.sum(qt.to(tl.float32) * nt[None, :], 1)  # (BL,)
-        vt = tl.load(V + (bh * S + t[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
+        vt = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
         P = Sqk * scale * Dm  # (BL, BL)
         num = tl.dot(P.to(RT).to(CT), vt.to(RT).to(CT), input_precision=PREC) + w[:, None] * qC  # (BL, BV)
         den = tl.sum(P, 1) + w * qn  # (BL,)
         floor = tl.exp(-m_row)  # inf where m = -inf: then h = 0 (nothing written)
         nrm = tl.maximum(tl.abs(den), floor) + eps  # (BL,)
         h = num / nrm[:, None]  # (BL, BV)
-        tl.store(H + (bh * S + t[:, None]) * DV + offv[None, :], h.to(H.dtype.element_ty), mask=valid[:, None] & mv[None, :])
+        tl.store(H + (bh * S + p[:, None]) * DV + offv[None, :], h.to(H.dtype.element_ty), mask=valid[:, None] & mv[None, :])
         # what the backward needs per step: m_t, the normaliser and d(normaliser)/d(den) in {-1, 0, 1}
         sgn = tl.where(tl.abs(den) > floor, tl.where(den >= 0, 1.0, -1.0), 0.0)
         rmask = valid & (pv == 0)
-        tl.store(MR + bh * S + t, m_row, mask=rmask)
-        tl.store(NR + bh * S + t, nrm, mask=rmask)
-        tl.store(SR + bh * S + t, sgn, mask=rmask)
+        tl.store(MR + bh * S + p, m_row, mask=rmask)
+        tl.store(NR + bh * S + p, nrm, mask=rmask)
+        tl.store(SR + bh * S + p, sgn, mask=rmask)
 
     @triton.jit
     def _bwd_states(
@@ -216,6 +220,7 @@ def _kernels(interpret: bool):
         S, NC,
         DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
         BV: tl.constexpr, HAS_DFIN: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
+        REVERSE: tl.constexpr,
     ):  # fmt: skip
         bh = tl.program_id(0).to(tl.int64)
         pk = tl.program_id(1)
@@ -241,19 +246,20 @@ def _kernels(interpret: bool):
             tl.store(DNS + (st + 1) * DK + offk, dn, mask=mk & (pv == 0))
             t = c * L + tau
             valid = (tau < L) & (t < S)
-            lf = tl.load(LF + bh * S + t, mask=valid, other=0.0)
+            p = S - 1 - t if REVERSE else t  # (BL,) position in memory: reverse traverses S-1 -> 0
+            lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)
             Fc = tl.cumsum(lf, 0)
             g = tl.sum(lf, 0)
             m_c = tl.load(MS + st)
             m_next = tl.load(MS + st + 1)
-            m_row = tl.load(MR + bh * S + t, mask=valid, other=float("inf"))  # masked rows: every weight 0
-            invn = tl.load(INVN + bh * S + t, mask=valid, other=0.0)
-            dden = tl.load(DDEN + bh * S + t, mask=valid, other=0.0)
+            m_row = tl.load(MR + bh * S + p, mask=valid, other=float("inf"))  # masked rows: every weight 0
+            invn = tl.load(INVN + bh * S + p, mask=valid, other=0.0)
+            dden = tl.load(DDEN + bh * S + p, mask=valid, other=0.0)
             empty = m_c == float("-inf")  # the entering state holds nothing: it reaches neither outputs nor next state
             w = tl.where(empty, 0.0, tl.exp(Fc + m_c - m_row))  # (BL,)
             decay = tl.where(empty, 0.0, tl.exp(g + m_c - m_next))
-            qt = tl.load(Q + (bh * S + t[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
-            dht = tl.load(DH + (bh * S + t[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
+            qt = tl.load(Q + (bh * S + p[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
+            dht = tl.load(DH + (bh * S + p[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
             dnum = dht.to(tl.float32) * invn[:, None]  # (BL, BV)
             qw = qt.to(tl.float32) * w[:, None]  # (BL, BK)
             dC = decay * dC + tl.dot(tl.trans(qw.to(RT).to(CT)), dnum.to(RT).to(CT), input_precision=PREC)  # (BK, BV)
@@ -268,22 +274,24 @@ def _kernels(interpret: bool):
         S, NC, scale,
         DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
         BV: tl.constexpr, NK: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
+        REVERSE: tl.constexpr,
     ):  # fmt: skip
         c = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
         tau = tl.arange(0, BL)
         t = c * L + tau
         valid = (tau < L) & (t < S)
-        i = tl.load(I + bh * S + t, mask=valid, other=float("-inf"))
-        lf = tl.load(LF + bh * S + t, mask=valid, other=0.0)
+        p = S - 1 - t if REVERSE else t  # (BL,) position in memory: reverse traverses S-1 -> 0
+        i = tl.load(I + bh * S + p, mask=valid, other=float("-inf"))
+        lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)
         Fc = tl.cumsum(lf, 0)
         g = tl.sum(lf, 0)
         st = bh * (NC + 1) + c
         m_c = tl.load(MS + st)
         m_next = tl.load(MS + st + 1)
-        m_row = tl.load(MR + bh * S + t, mask=valid, other=float("inf"))  # masked rows: every weight 0
-        invn = tl.load(INVN + bh * S + t, mask=valid, other=0.0)
-        dden = tl.load(DDEN + bh * S + t, mask=valid, other=0.0)
+        m_row = tl.load(MR + bh * S + p, mask=valid, other=float("inf"))  # masked rows: every weight 0
+        invn = tl.load(INVN + bh * S + p, mask=valid, other=0.0)
+        dden = tl.load(DDEN + bh * S + p, mask=valid, other=0.0)
         m_ref = tl.where(m_row == float("-inf"), 0.0, m_row)
         causal = tau[:, None] >= tau[None, :]
         logD = tl.where(causal, Fc[:, None] - Fc[None, :] + i[None, :], float("-inf"))
@@ -296,15 +304,15 @@ def _kernels(interpret: bool):
         for kt in range(0, NK):
             offk = kt * BK + tl.arange(0, BK)
             mq = valid[:, None] & (offk < DK)[None, :]
-            qt = tl.load(Q + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
-            kk = tl.load(K + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
+            qt = tl.load(Q + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
+            kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
             Sqk += tl.dot(qt.to(RT).to(CT), tl.trans(kk.to(RT).to(CT)), input_precision=PREC)
         dPv = tl.zeros([BL, BL], dtype=tl.float32)
         for vt_i in range(0, NV):
             offv = vt_i * BV + tl.arange(0, BV)
             mdv = valid[:, None] & (offv < DV)[None, :]
-            dht = tl.load(DH + (bh * S + t[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
-            vv = tl.load(V + (bh * S + t[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+            dht = tl.load(DH + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+            vv = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
             dnum = dht.to(tl.float32) * invn[:, None]
             dPv += tl.dot(dnum.to(RT).to(CT), tl.trans(vv.to(RT).to(CT)), input_precision=PREC)  # (BL, BL)
         P = Sqk * scale * Dm  # (BL, BL)
@@ -314,24 +322,24 @@ def _kernels(interpret: bool):
             offv = vt_i * BV + tl.arange(0, BV)
             mv = offv < DV
             mdv = valid[:, None] & mv[None, :]
-            dht = tl.load(DH + (bh * S + t[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+            dht = tl.load(DH + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
             dnum = dht.to(tl.float32) * invn[:, None]  # (BL, BV)
             dv = tl.dot(tl.trans(P.to(RT).to(CT)), dnum.to(RT).to(CT), input_precision=PREC)  # (BL, BV)
             for kt in range(0, NK):
                 offk = kt * BK + tl.arange(0, BK)
                 mk = offk < DK
-                kk = tl.load(K + (bh * S + t[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
+                kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
                 dCt = tl.load(DCS + (st + 1) * DK * DV + offk[:, None] * DV + offv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
                 kw = kk.to(tl.float32) * wk[:, None]  # (BL, BK)
                 dv += tl.dot(kw.to(RT).to(CT), dCt.to(RT).to(CT), input_precision=PREC)  # (BL, BV)
-            tl.store(DVV + (bh * S + t[:, None]) * DV + offv[None, :], dv, mask=mdv)
+            tl.store(DVV + (bh * S + p[:, None]) * DV + offv[None, :], dv, mask=mdv)
 
         for kt in range(0, NK):
             offk = kt * BK + tl.arange(0, BK)
             mk = offk < DK
             mq = valid[:, None] & mk[None, :]
-            qt = tl.load(Q + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
-            kk = tl.load(K + (bh * S + t[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
+            qt = tl.load(Q + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
+            kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
             dq = tl.dot(dS.to(RT).to(CT), kk.to(RT).to(CT), input_precision=PREC) * scale  # (BL, BK)
             dk = tl.dot(tl.trans(dS.to(RT).to(CT)), qt.to(RT).to(CT), input_precision=PREC) * scale  # (BL, BK)
             aq = tl.zeros([BL, BK], dtype=tl.float32)
@@ -340,8 +348,8 @@ def _kernels(interpret: bool):
                 offv = vt_i * BV + tl.arange(0, BV)
                 mv = offv < DV
                 mdv = valid[:, None] & mv[None, :]
-                dht = tl.load(DH + (bh * S + t[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
-                vv = tl.load(V + (bh * S + t[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+                dht = tl.load(DH + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+                vv = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
                 dnum = dht.to(tl.float32) * invn[:, None]
                 ckv = offk[:, None] * DV + offv[None, :]
                 mkv = mk[:, None] & mv[None, :]
@@ -353,8 +361,8 @@ def _kernels(interpret: bool):
             dnt = tl.load(DNS + (st + 1) * DK + offk, mask=mk, other=0.0)
             dq += w[:, None] * (aq + dden[:, None] * nt[None, :])
             dk += wk[:, None] * (ak + dnt[None, :])
-            tl.store(DQ + (bh * S + t[:, None]) * DK + offk[None, :], dq, mask=mq)
-            tl.store(DKK + (bh * S + t[:, None]) * DK + offk[None, :], dk, mask=mq)
+            tl.store(DQ + (bh * S + p[:, None]) * DK + offk[None, :], dq, mask=mq)
+            tl.store(DKK + (bh * S + p[:, None]) * DK + offk[None, :], dk, mask=mq)
 
     return _fwd_states, _fwd_out, _bwd_states, _bwd_chunk
 
@@ -362,7 +370,8 @@ def _kernels(interpret: bool):
 class _Config:
     """Tile sizes and grid sizes for one call (plain ints: constexprs of the kernels)."""
 
-    def __init__(self, S: int, DK: int, DV: int, chunk_size: int, dtype: torch.dtype, interpret: bool):
+    def __init__(self, S: int, DK: int, DV: int, chunk_size: int, dtype: torch.dtype, interpret: bool, reverse: bool):
+        self.reverse = reverse
         self.L = chunk_size
         self.BL = max(16, _pow2(chunk_size))  # tl.dot needs >= 16 and a power of two; steps >= L are masked
         self.NC = -(-S // chunk_size)
@@ -370,6 +379,13 @@ class _Config:
         self.BV = _tile(DV, 64)
         self.NK = -(-DK // self.BK)
         self.NV = -(-DV // self.BV)
+        # the two scans over chunks are sequential in S / L and do little work per step, so they get smaller state
+        # tiles than the per-chunk kernels: more programs to fill the GPU at small batch * heads (B=8, NH=4, DH=64:
+        # 128 programs instead of 32). A guess until a GPU run measures it.
+        self.BKS = _tile(DK, 32)
+        self.BVS = _tile(DV, 32)
+        self.NKS = -(-DK // self.BKS)
+        self.NVS = -(-DV // self.BVS)
         # every tl.dot operand is rounded to the input dtype `rt` and multiplied as `ct` (= rt) with float32
         # accumulation. TF32 would miss the float32 contract (1e-4 of float64), so float32 uses IEEE dots; half
         # types run on tensor cores either way. The interpreter (triton 3.8) multiplies bfloat16 tiles as their
@@ -384,10 +400,10 @@ class _Config:
 
 class _MLSTMTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, lf, C0, n0, m0, chunk_size, eps):
+    def forward(ctx, q, k, v, i, lf, C0, n0, m0, chunk_size, eps, reverse):
         BH, S, DK = q.shape
         DV = v.shape[-1]
-        cfg = _Config(S, DK, DV, chunk_size, q.dtype, _interpret())
+        cfg = _Config(S, DK, DV, chunk_size, q.dtype, _interpret(), reverse)
         fwd_states, fwd_out, _, _ = _kernels(_interpret())
         scale = 1.0 / math.sqrt(DK)
         dev = q.device
@@ -396,16 +412,16 @@ class _MLSTMTriton(torch.autograd.Function):
         MS = torch.empty(BH, cfg.NC + 1, dtype=torch.float32, device=dev)
         has_init = C0 is not None
         dummy = MS  # an unused pointer where there is no initial state
-        fwd_states[(BH, cfg.NK, cfg.NV)](
+        fwd_states[(BH, cfg.NKS, cfg.NVS)](
             k, v, i, lf, C0 if has_init else dummy, n0 if has_init else dummy, m0 if has_init else dummy,
             CS, NS, MS, S, cfg.NC, scale,
-            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, HAS_INIT=has_init, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct,
+            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BKS, BV=cfg.BVS, HAS_INIT=has_init, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct, REVERSE=cfg.reverse,
         )  # fmt: skip
         h = torch.empty(BH, S, DV, dtype=v.dtype, device=dev)
         MR, NR, SR = (torch.empty(BH, S, dtype=torch.float32, device=dev) for _ in range(3))
         fwd_out[(cfg.NC, BH, cfg.NV)](
             q, k, v, i, lf, CS, NS, MS, h, MR, NR, SR, S, cfg.NC, scale, eps,
-            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, NK=cfg.NK, NV=cfg.NV, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct,
+            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, NK=cfg.NK, NV=cfg.NV, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct, REVERSE=cfg.reverse,
         )  # fmt: skip
         C_end, n_end, m_end = CS[:, cfg.NC].clone(), NS[:, cfg.NC].clone(), MS[:, cfg.NC].clone()
         ctx.save_for_backward(q, k, v, i, lf, h, CS, NS, MS, MR, NR, SR, C0, n0, m0, C_end, n_end)
@@ -430,31 +446,33 @@ class _MLSTMTriton(torch.autograd.Function):
         dnf = torch.zeros_like(n_end) if dn_end is None else dn_end.float().contiguous()
         DCS = torch.empty_like(CS)
         DNS = torch.empty_like(NS)
-        bwd_states[(BH, cfg.NK, cfg.NV)](
+        bwd_states[(BH, cfg.NKS, cfg.NVS)](
             q, dh, i, lf, MS, MR, invn, dden, dCf, dnf, DCS, DNS, S, cfg.NC,
-            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, HAS_DFIN=has_dfin, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct,
+            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BKS, BV=cfg.BVS, HAS_DFIN=has_dfin, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct, REVERSE=cfg.reverse,
         )  # fmt: skip
         dq = torch.empty(BH, S, DK, dtype=torch.float32, device=dev)
         dk = torch.empty_like(dq)
         dv = torch.empty(BH, S, DV, dtype=torch.float32, device=dev)
         bwd_chunk[(cfg.NC, BH)](
             q, k, v, dh, i, lf, CS, NS, MS, MR, invn, dden, DCS, DNS, dq, dk, dv, S, cfg.NC, ctx.scale,
-            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, NK=cfg.NK, NV=cfg.NV, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct,
+            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, NK=cfg.NK, NV=cfg.NV, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct, REVERSE=cfg.reverse,
         )  # fmt: skip
 
+        # below, (BH, S) arrays run in traversal order (flipped with reverse: O(S) copies, not O(S * D))
+        seq = (lambda x: x.flip(-1)) if cfg.reverse else (lambda x: x)
         # gate identities (m fixed): d i_s = k_s . dk_s, dF_t = q_t . dq_t - k_t . dk_t
         di = (k.float() * dk).sum(-1)  # (BH, S)
-        dF = (q.float() * dq).sum(-1) - di  # (BH, S)
+        dF = seq((q.float() * dq).sum(-1) - di)  # (BH, S)
         end = (dCf * C_end).sum((-2, -1)) + (dnf * n_end).sum(-1)  # (BH,) the final state's exp(F_last) factor
         dF[:, -1] += end
-        dlf = dF.flip(-1).cumsum(-1).flip(-1)  # (BH, S)  d logf_r = sum_{t >= r} dF_t
+        dlf = seq(dF.flip(-1).cumsum(-1).flip(-1))  # (BH, S)  d logf_r = sum_{t >= r} dF_t
 
         # the stabiliser path: dh_t/dm_t = -h_t eps / N_t; the stored final state C = C* exp(-m) adds -end
-        dm = -eps * delta * invn  # (BH, S)
+        dm = seq(-eps * delta * invn)  # (BH, S)
         dm[:, -1] += (0.0 if dm_end is None else dm_end.float()) - end
         with torch.enable_grad():
-            i64 = i.detach().double().requires_grad_()
-            lf64 = lf.detach().double().requires_grad_()
+            i64 = seq(i.detach().double()).requires_grad_()
+            lf64 = seq(lf.detach().double()).requires_grad_()
             F64 = lf64.cumsum(-1)  # (BH, S)
             run = torch.cummax(i64 - F64, -1).values  # (BH, S)
             if m0 is not None:
@@ -465,14 +483,14 @@ class _MLSTMTriton(torch.autograd.Function):
                 inputs = (i64, lf64)
             m64 = F64 + run  # (BH, S)  m_t = F_t + max(m_0, max_{s <= t} i_s - F_s)
             grads = torch.autograd.grad(m64, inputs, dm.double())
-        di = di + grads[0].float()
-        dlf = dlf + grads[1].float()
+        di = di + seq(grads[0].float())
+        dlf = dlf + seq(grads[1].float())
 
         dC0 = dn0 = dm0 = None
         if C0 is not None:
             dC0, dn0 = DCS[:, 0], DNS[:, 0]
             dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1) + grads[2].float()  # C0 enters as exp(m0) C0
-        return dq, dk, dv, di, dlf, dC0, dn0, dm0, None, None
+        return dq, dk, dv, di, dlf, dC0, dn0, dm0, None, None, None
 
 
 def mlstm_triton(
@@ -486,6 +504,7 @@ def mlstm_triton(
     eps: float = 1e-6,
     initial_state: tuple[Tensor, Tensor, Tensor] | None = None,
     return_state: bool = False,
+    reverse: bool = False,
 ):
     """The mLSTM of ultra_vil/mlstm.py (`mlstm(...)` with backend="triton") as fused Triton kernels.
 
@@ -497,6 +516,9 @@ def mlstm_triton(
         eps: Added to the normaliser.
         initial_state: (C (B, NH, DK, DV), n (B, NH, DK), m (B, NH)) to continue from; gradients reach it.
         return_state: Also return the state after the last step.
+        reverse: Traverse from step S-1 to step 0 (the flipped inputs' result, flipped back), by addressing the
+            tiles backwards: no flipped copies. initial_state is then the state before step S-1 and the returned
+            state the one after step 0.
 
     Returns:
         (h (B, NH, S, DV) in v's dtype, MLSTMState in float32 or None). Differentiable w.r.t. q, k, v, both gates
@@ -548,7 +570,9 @@ def mlstm_triton(
         qf, kf, vf = (t.to(dtype).reshape(B * NH, S, t.shape[-1]).contiguous() for t in (q, k, v))
         i32 = igate.float().reshape(B * NH, S).contiguous()
         lf32 = F.logsigmoid(fgate.float()).reshape(B * NH, S).contiguous()  # the sigmoid gate in log space
-        h, C_end, n_end, m_end = _MLSTMTriton.apply(qf, kf, vf, i32, lf32, C0, n0, m0, chunk_size, float(eps))
+        h, C_end, n_end, m_end = _MLSTMTriton.apply(
+            qf, kf, vf, i32, lf32, C0, n0, m0, chunk_size, float(eps), bool(reverse)
+        )
     h = h.view(B, NH, S, DV).to(v.dtype)
     last = None
     if return_state:
