@@ -55,11 +55,18 @@ def model_n(mixer: str) -> torch.nn.Module:
 
 
 def test_registered_like_the_vil_modules():
-    """The four classes are in MODULES, injected into ultralytics.nn.tasks and in both C2f parser sets."""
+    """The four classes are in MODULES, injected into ultralytics.nn.tasks and in both C2f parser sets; they and
+    their mixers' classes are safe-load globals."""
     assert uy.is_registered()
     for cls in MIXER_TYPES:
         assert reg.MODULES[cls.__name__] is cls and getattr(tasks, cls.__name__) is cls
         assert cls in tasks._ultra_vil_base_modules and cls in tasks._ultra_vil_repeat_modules
+    from ultra_vil import sequencer, vim
+
+    inner = {sequencer.BiLSTM2D, sequencer.ChannelMLP, sequencer.SequencerBlock, vim.SSMBranch, vim.VimMixer}
+    assert {*MIXER_TYPES, *inner, vim.VimBlock} <= set(
+        torch.serialization.get_safe_globals()
+    )  # checkpoints pickle these
 
 
 @pytest.mark.parametrize("mixer", list(MIXER_CFGS))
@@ -221,3 +228,59 @@ def test_yaml_errors_name_file_layer_module_and_argument(tmp_path, mixer, row, e
     assert path.name in msg and re.search(rf"layer 8 \({row[2]}", msg), msg
     for pattern in expected:
         assert re.search(pattern, msg), f"{pattern!r} not in: {msg}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mixer", list(MIXER_CFGS))
+def test_stock_cli_train_val_predict_export(tmp_path, mixer):
+    """`yolo train/val/predict/export format=onnx` in fresh interpreters (the start-up hook only), 1 epoch at 64 px;
+    best.pt also loads under Ultralytics' restricted loader. ONNX: Sequencer exports with dynamic=True and matches
+    onnxruntime at 64 x 64 and 64 x 96; Vim's scan is traced for the export size (its chunk loops unroll), so it is
+    exported static and checked at that size, and a dynamic export refuses another size loudly (a Split of the
+    traced chunk count), never silently. About 1-2 minutes per mixer on 2 cores."""
+    ort = pytest.importorskip("onnxruntime")
+    import sys
+
+    import numpy as np
+    from test_yolo_cli import run, write_tiny_set, yolo
+    from ultralytics import YOLO
+
+    data = write_tiny_set(tmp_path / "tiny")
+    common = ("imgsz=64", "device=cpu")
+    run(yolo("train", f"model=cfg/yolov8n-{mixer}.yaml", f"data={data}", "epochs=1", "batch=4", "workers=0",
+             f"project={tmp_path / 'runs'}", "name=train", "plots=False", *common), tmp_path)  # fmt: skip
+    best = tmp_path / "runs" / "train" / "weights" / "best.pt"
+    assert best.exists()
+    val = run(
+        yolo("val", f"model={best}", f"data={data}", "batch=2", f"project={tmp_path / 'runs'}", *common), tmp_path
+    )
+    assert "all" in val.stdout + val.stderr
+    run(yolo("predict", f"model={best}", f"source={tmp_path / 'tiny' / 'images' / 'val'}",
+             f"project={tmp_path / 'runs'}", "save=False", *common), tmp_path)  # fmt: skip
+    code = (
+        "from ultralytics.nn.tasks import torch_safe_load\n"
+        f"ckpt, _ = torch_safe_load({str(best)!r}, safe_only=True); print('SAFE', type(ckpt['model']).__name__)"
+    )
+    assert "SAFE DetectionModel" in run([sys.executable, "-c", code], tmp_path).stdout
+
+    dynamic = mixer == "sequencer"
+    run(yolo("export", f"model={best}", "format=onnx", f"dynamic={dynamic}", *common), tmp_path)
+    model = YOLO(str(best)).model.float().fuse().eval()
+    session = ort.InferenceSession(str(best.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((64, 64), (64, 96)) if dynamic else ((64, 64),):
+        x = torch.rand(2 if dynamic else 1, 3, h, w, generator=g)
+        with torch.no_grad():
+            ref = model(x)
+        ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).numpy()
+        out = session.run(None, {name: x.numpy()})[0]
+        diff = float(np.abs(out - ref).max())
+        print(f"{mixer} ONNX vs PyTorch at {h}x{w}: max abs diff {diff:.3g} (outputs up to {np.abs(ref).max():.3g})")
+        assert out.shape == ref.shape and diff < 1e-3
+    if not dynamic:  # a dynamic Vim export must refuse another size, not answer wrongly
+        run(yolo("export", f"model={best}", "format=onnx", "dynamic=True", *common), tmp_path)
+        session = ort.InferenceSession(str(best.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
+        session.run(None, {name: torch.rand(1, 3, 64, 64).numpy()})  # the export size works
+        with pytest.raises(Exception, match="Split"):
+            session.run(None, {name: torch.rand(1, 3, 64, 96).numpy()})

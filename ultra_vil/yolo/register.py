@@ -43,7 +43,7 @@ from types import FunctionType, ModuleType
 import torch
 from torch import nn
 
-from ultra_vil import classifier, vil
+from ultra_vil import classifier, sequencer, vil, vim
 from ultra_vil.errors import UserError
 from ultra_vil.yolo import modules
 from ultra_vil.yolo.modules import ViLArgumentError, ViLBackbone, ViLC2f, ViLStage
@@ -120,10 +120,11 @@ def is_registered(tasks: ModuleType | None = None) -> bool:
 
 
 def module_classes() -> list[type[nn.Module]]:
-    """Every nn.Module class defined in ultra_vil.vil, .classifier and .yolo.modules (what a checkpoint pickles)."""
+    """Every nn.Module class defined in ultra_vil.vil, .sequencer, .vim, .classifier and .yolo.modules (what a
+    checkpoint pickles)."""
     return [
         obj
-        for mod in (vil, classifier, modules)
+        for mod in (vil, sequencer, vim, classifier, modules)
         for obj in vars(mod).values()
         if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == mod.__name__
     ]
