@@ -4,7 +4,10 @@ The reference below is written independently of the package: a float64 loop over
 of xLSTM (Sec. 2.3). Every backend must reproduce it, forward and backward, to the precision of its dtype.
 """
 
+import importlib
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ultra_vil.mlstm import BACKENDS, PARALLEL_MAX_SEQ, mlstm, select_backend
 
+mlstm_module = importlib.import_module("ultra_vil.mlstm")  # the module (ultra_vil.mlstm is also the function)
 B, NH, DK, DV = 2, 3, 8, 6  # NH != DK != DV: transposes cannot hide
 
 
@@ -198,6 +202,48 @@ def test_reverse_is_anticausal():
         assert not torch.allclose(h[:, :, t], h2[:, :, t])
 
 
+@pytest.mark.parametrize("backend,chunk_size", CASES)
+@pytest.mark.parametrize("S", [1, 7, 64, 65, 400])
+def test_state_gradients_match_reference(backend, chunk_size, S):
+    """With an initial state that requires grad and a loss on h and on the final (C, n, m): the gradients of all five
+    inputs and of C0, n0, m0 equal the float64 recurrence's to 1e-10 (the chunk-state path of the backward)."""
+    if backend == "recurrent" and S == 400:
+        S = 130
+    inputs = make_inputs(S, seed=11)
+    state = [t.detach() for t in reference(*make_inputs(5, seed=12))[1]]
+    state[2] = state[2] + 1.5  # m0 far enough from the first gates that both branches of the max occur
+    gen = torch.Generator().manual_seed(4)
+    w_h = torch.randn(B, NH, S, DV, generator=gen, dtype=torch.float64)
+    w_C, w_n, w_m = (torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in state)
+
+    def loss(h, C, n, m):  # the true memory exp(m) C: a loss on it sees the stabiliser as the model does
+        return (h * w_h).sum() + (C * torch.exp(m)[..., None, None] * w_C).sum() + (n * w_n).sum() + (m * w_m).sum()
+
+    leaves = [t.clone().requires_grad_() for t in inputs + state]
+    h, last = mlstm(*leaves[:5], backend=backend, chunk_size=chunk_size, initial_state=leaves[5:], return_state=True)
+    loss(h, *last).backward()
+    ref_leaves = [t.clone().requires_grad_() for t in inputs + state]
+    h_ref, last_ref = reference(*ref_leaves[:5], state=ref_leaves[5:])
+    loss(h_ref, *last_ref).backward()
+    for name, a, b in zip("q k v igate fgate C0 n0 m0".split(), leaves, ref_leaves):
+        assert rel_err(a.grad, b.grad) < 1e-10, f"grad of {name}: {rel_err(a.grad, b.grad):.1e}"
+
+
+def test_gradcheck_small():
+    """torch.autograd.gradcheck (finite differences, float64) of the hand-written backward, state in and out."""
+    S = 9
+    inputs = [t[:1, :2] for t in make_inputs(S, seed=13)]
+    state = [t[:1, :2].detach() for t in reference(*make_inputs(4, seed=14))[1]]
+    for backend, cs, reverse in (("chunkwise", 4, False), ("chunkwise", 4, True), ("parallel", 64, False)):
+        def fn(q, k, v, i, f, C0, n0, m0):
+            h, (C, n, m) = mlstm(q, k, v, i, f, backend=backend, chunk_size=cs, initial_state=(C0, n0, m0),
+                                 return_state=True, reverse=reverse)
+            return h, C * torch.exp(m)[..., None, None], n * torch.exp(m)[..., None]
+
+        leaves = [t.clone().requires_grad_() for t in inputs + state]
+        assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
 def test_padding_never_changes_results():
     """Chunk sizes that do not divide S (the end is padded) give the same numbers as ones that do."""
     q, k, v, i, f = make_inputs(130)
@@ -222,13 +268,65 @@ def test_bad_arguments_raise():
 
 
 def test_auto_dispatch_rules():
-    """`auto` runs the quadratic form for short sequences and the linear-memory chunkwise form for long ones."""
+    """`auto` runs the quadratic form up to the table's `parallel_max_seq` and the linear-memory chunkwise form
+    above it, per device and dtype; missing dtypes (float64) fall back to cpu/float32 or cuda/bfloat16."""
     assert set(BACKENDS) == {"auto", "parallel", "chunkwise", "recurrent", "triton"}
     for device, limit in PARALLEL_MAX_SEQ.items():
-        assert select_backend(1, device, torch.float32) == "parallel"
-        assert select_backend(limit, device, torch.float32) == "parallel"
-        assert select_backend(limit + 1, device, torch.bfloat16) == "chunkwise"
-        assert select_backend(25600, device, torch.float32) == "chunkwise"
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        assert limit == mlstm_module.DISPATCH[device][dtype_name(dtype)]["parallel_max_seq"]
+        assert select_backend(1, device, dtype) == "parallel"
+        assert select_backend(limit, device, dtype) == "parallel"
+        assert select_backend(limit + 1, device, dtype) == "chunkwise"
+        assert select_backend(limit + 1, device, torch.float64) == "chunkwise"  # the default entry's limit
+        assert select_backend(25600, device, dtype, B=8) == "chunkwise"
+    for device, table in mlstm_module.DISPATCH.items():
+        if device == "comment":
+            continue
+        for name, entry in table.items():
+            limit = entry["parallel_max_seq"]
+            assert select_backend(limit, device, getattr(torch, name)) == "parallel"
+            assert select_backend(limit + 1, device, getattr(torch, name)) == "chunkwise"
+    # CUDA keeps its unmeasured rule until a GPU run writes the table: no triton
+    assert all(e["triton_min_seq"] is None for e in mlstm_module.DISPATCH["cuda"].values())
+
+
+def dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+def test_dispatch_table_is_package_data():
+    """The table sits inside the package (so wheels ship it) and has exactly the benchmark's format."""
+    path = mlstm_module.DISPATCH_TABLE_PATH
+    assert path.parent == Path(mlstm_module.__file__).parent and path.name == "mlstm_dispatch.json"
+    table = json.loads(path.read_text())
+    assert isinstance(table["comment"], str) and set(table) == {"comment", "cpu", "cuda"}
+    for device in ("cpu", "cuda"):
+        for entry in table[device].values():
+            assert set(entry) == {"parallel_max_seq", "triton_min_seq"}
+            assert isinstance(entry["parallel_max_seq"], int)
+
+
+def test_auto_picks_triton_only_from_a_measured_threshold(monkeypatch):
+    """triton only where the table has a threshold, S reaches it and the kernel can run."""
+    table = {"comment": "test", "cpu": {"float32": {"parallel_max_seq": 100, "triton_min_seq": 1000}},
+             "cuda": {"bfloat16": {"parallel_max_seq": 512, "triton_min_seq": None}}}
+    monkeypatch.setattr(mlstm_module, "DISPATCH", table)
+    monkeypatch.setattr(mlstm_module, "_triton_usable", lambda device: True)
+    assert select_backend(100, "cpu", torch.float32) == "parallel"
+    assert select_backend(999, "cpu", torch.float32) == "chunkwise"
+    assert select_backend(1000, "cpu", torch.float32) == "triton"
+    assert select_backend(1000, "cpu", torch.bfloat16) == "triton"  # missing dtype: the cpu/float32 entry
+    assert select_backend(10**6, "cuda", torch.float16) == "chunkwise"  # no threshold: never
+    monkeypatch.setattr(mlstm_module, "_triton_usable", lambda device: False)
+    assert select_backend(1000, "cpu", torch.float32) == "chunkwise"
+
+
+def test_triton_backend_needs_the_kernel(monkeypatch):
+    """backend='triton' where the kernel cannot run raises a clear error (no silent fallback)."""
+    mlstm_triton = pytest.importorskip("ultra_vil.mlstm_triton")
+    monkeypatch.setattr(mlstm_triton, "available", lambda device: False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        mlstm(*make_inputs(5, torch.float32), backend="triton")
 
 
 def cpu_memory_mb(fn):

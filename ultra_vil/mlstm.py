@@ -21,7 +21,9 @@ All arithmetic runs in float32 (float64 stays float64) with autocast disabled; h
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -30,11 +32,12 @@ from torch import Tensor
 
 BACKENDS = ("auto", "parallel", "chunkwise", "recurrent", "triton")
 
-# `auto` uses the quadratic form up to this many steps and the chunkwise form above it. CPU: measured with
-# scripts/benchmark.py --only mlstm (fwd+bwd, B=8, NH=4, DH=64, fp32, 2 cores): parallel 18 ms vs chunkwise 22 ms
-# at S = 196, 176 ms vs 30 ms at S = 400. CUDA: not yet measured (no GPU was available when this was written);
-# 512 keeps the quadratic form's S^2 memory small. Rerun the benchmark on a GPU and update it.
-PARALLEL_MAX_SEQ = {"cpu": 256, "cuda": 512}
+# `auto`'s thresholds, per device type and dtype, as measured by scripts/benchmark.py (which rewrites the file):
+# {device: {dtype: {"parallel_max_seq": N, "triton_min_seq": N or null}}}. Package data beside this module.
+DISPATCH_TABLE_PATH = Path(__file__).with_name("mlstm_dispatch.json")
+DISPATCH = json.loads(DISPATCH_TABLE_PATH.read_text())
+_DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}  # the entry a missing dtype (float64 too) falls back to
+PARALLEL_MAX_SEQ = {dev: DISPATCH[dev][_DEFAULT_DTYPE[dev]]["parallel_max_seq"] for dev in _DEFAULT_DTYPE}
 
 
 class MLSTMState(NamedTuple):
@@ -54,16 +57,35 @@ def empty_state(B: int, NH: int, DK: int, DV: int, *, dtype: torch.dtype, device
     )
 
 
-def select_backend(S: int, device: torch.device | str, dtype: torch.dtype) -> str:
-    """The backend `auto` runs for a sequence of S steps on `device` (rules measured by scripts/benchmark.py).
-
-    The quadratic form wins for short sequences; past `PARALLEL_MAX_SEQ[device]` the chunkwise form is both
-    faster and the only one whose memory stays linear in S. float64 follows the same rules (it is only used
-    for validation). Every backend can return the final state, so `return_state` does not change the choice.
-    """
+def dispatch_entry(device: torch.device | str, dtype: torch.dtype) -> dict:
+    """The table's entry for (device type, dtype); a missing one falls back to cpu/float32 or cuda/bfloat16."""
     device_type = torch.device(device).type
-    limit = PARALLEL_MAX_SEQ.get(device_type, PARALLEL_MAX_SEQ["cpu"])
-    return "parallel" if S <= limit else "chunkwise"
+    table = DISPATCH.get(device_type, DISPATCH["cpu"])
+    default = _DEFAULT_DTYPE.get(device_type, "float32")
+    return table.get(str(dtype).removeprefix("torch."), table.get(default, DISPATCH["cpu"]["float32"]))
+
+
+def select_backend(S: int, device: torch.device | str, dtype: torch.dtype, B: int | None = None) -> str:
+    """The backend `auto` runs for a sequence of S steps on `device` (thresholds measured by scripts/benchmark.py).
+
+    "triton" from `triton_min_seq` steps on, where the table has one (only a GPU run writes it) and the kernel can
+    run; "parallel" up to `parallel_max_seq` steps (the quadratic form wins short sequences); "chunkwise" above,
+    the form whose memory stays linear in S. `B` is accepted for tables that will depend on it; today's do not.
+    Every backend can return the final state, so `return_state` does not change the choice.
+    """
+    entry = dispatch_entry(device, dtype)
+    triton_min = entry.get("triton_min_seq")
+    if triton_min is not None and S >= triton_min and _triton_usable(device):
+        return "triton"
+    return "parallel" if S <= entry["parallel_max_seq"] else "chunkwise"
+
+
+def _triton_usable(device: torch.device | str) -> bool:
+    try:
+        from ultra_vil import mlstm_triton
+    except ImportError:
+        return False
+    return bool(mlstm_triton.available(torch.device(device)))
 
 
 def mlstm(
@@ -117,7 +139,7 @@ def mlstm(
     B, NH, S, DK = q.shape
     DV = v.shape[-1]
     if backend == "auto":
-        backend = select_backend(S, q.device, q.dtype)
+        backend = select_backend(S, q.device, q.dtype, B)
     if backend == "triton":
         return _triton(q, k, v, igate, fgate, chunk_size, eps, initial_state, return_state, reverse)
 
