@@ -60,10 +60,10 @@ FIELDS = ["section", "name", "x", "min_ms", "median_ms", "rounds", "peak_mem_mb"
 class Preset:
     """Sizes and round counts of one run; `full` is the issue's table, `quick` < 3 min on 2 cores, `tiny` for tests."""
 
-    rounds: int = 5
+    rounds: int = 7
     min_rounds: int = 3
     warmup: int = 1
-    max_seconds: float = 60.0  # per comparison: stop adding rounds after this (but run min_rounds)
+    max_seconds: float = 30.0  # per comparison: stop adding rounds after this (but run min_rounds)
     mlstm_shape: tuple = (8, 4, 64)  # B, NH, DH
     mlstm_seqs: tuple = (196, 400, 1600, 6400)
     recurrent_max_seq: int = 400
@@ -287,8 +287,8 @@ def bench_classifier(preset: Preset, device, baseline_src: Path | None, official
     """(c) ViL-T train step and inference, this checkout vs others, each in a worker; rounds interleaved across them."""
     size, batch, kw = preset.classifier_img, preset.classifier_batch, preset.classifier_kw
     ours_kw = dict(name="vil_t", img_size=size, **kw)
-    official_kw = dict(dim=kw.get("dim", 192), depth=kw.get("num_blocks", 24) // 2, patch_size=kw.get("patch_size", 16),
-                       input_shape=[3, size, size])  # fmt: skip
+    official_kw = dict(dim=kw.get("dim", 192), depth=kw.get("num_blocks", 24) // 2,
+                       patch_size=kw.get("patch_size", 16), input_shape=[3, size, size])  # fmt: skip
     common = dict(batch=batch, img_size=size, device=str(device))
     specs = [("ours", REPO, "ultra_vil", ours_kw)]
     if baseline_src is not None:
@@ -401,7 +401,8 @@ def bench_yolo(preset: Preset, device, vil_cfg: str) -> list[dict]:
     lat_preset = dataclasses.replace(preset, rounds=preset.latency_rounds, warmup=max(preset.warmup, 2))
     res = compare({name: infer(m) for name, m in fused.items()}, lat_preset, device)
     for name, r in res.items():
-        rows.append(row("yolo", f"{name}_torch", size, r, vs="yolov8n_torch", ratio=measure.ratios(res, name, "yolov8n"),
+        rows.append(row("yolo", f"{name}_torch", size, r, vs="yolov8n_torch",
+                        ratio=measure.ratios(res, name, "yolov8n"),
                         note="batch 1, fused, eval, PyTorch"))  # fmt: skip
         LOGGER.info("yolo %-12s torch batch-1 min %7.2f ms median %7.2f ms", name, r["min"], r["median"])
     try:
@@ -416,7 +417,8 @@ def bench_yolo(preset: Preset, device, vil_cfg: str) -> list[dict]:
             return rows + [row("yolo", "onnx", size, note=f"ONNX export failed: {type(e).__name__}: {e}"[:300])]
         res = compare({name: s[0] for name, s in sessions.items()}, lat_preset, None)
         for name, r in res.items():
-            rows.append(row("yolo", f"{name}_onnx", size, r, vs="yolov8n_onnx", ratio=measure.ratios(res, name, "yolov8n"),
+            rows.append(row("yolo", f"{name}_onnx", size, r, vs="yolov8n_onnx",
+                            ratio=measure.ratios(res, name, "yolov8n"),
                             note=f"batch 1, fused, ONNX Runtime {sessions[name][1]}"))  # fmt: skip
             LOGGER.info("yolo %-12s onnx batch-1 min %7.2f ms median %7.2f ms", name, r["min"], r["median"])
     return rows
@@ -448,9 +450,11 @@ def targets(rows) -> list[tuple[str, str, str, str]]:
         if r:
             add(f"ViLBlockPair(256) vs transformer layer, fwd+bwd time, {(px // 16) ** 2} tokens ({px} px)",
                 r["ratio_min"], r["ratio_median"], limit)
-    mem = [(r["x"], r["peak_mem_mb"] / t["peak_mem_mb"]) for r in rows if r["section"] == "block" and
-           r["name"] == "vil_pair" and r["peak_mem_mb"] != "" and (t := _get(rows, "block", "transformer_layer", r["x"]))
-           and t["peak_mem_mb"]]  # fmt: skip
+    mem = []
+    for r in rows:
+        t = _get(rows, "block", "transformer_layer", r["x"]) if r["section"] == "block" else None
+        if r["name"] == "vil_pair" and r["peak_mem_mb"] != "" and t and t["peak_mem_mb"]:
+            mem.append((r["x"], r["peak_mem_mb"] / t["peak_mem_mb"]))
     if mem:
         worst = max(m for _, m in mem)
         out.append(("same, peak memory, worst size (" + ", ".join(f"{px} px {m:.2f}x" for px, m in mem) + ")",
@@ -461,7 +465,8 @@ def targets(rows) -> list[tuple[str, str, str, str]]:
             if r and o:
                 s_min, s_med = o["min_ms"] / r["min_ms"], o["median_ms"] / r["median_ms"]
                 target = 1.3 if other == "official" else None
-                label = f"ViL-T {what}, {r['x']} px, speed-up vs {other}" + (" (3c73528)" if other == "baseline" else "")
+                label = f"ViL-T {what}, {r['x']} px, speed-up vs {other}"
+                label += " (3c73528)" if other == "baseline" else ""
                 if target:
                     add(label, s_min, s_med, target, at_most=False)
                 else:
@@ -475,7 +480,8 @@ def targets(rows) -> list[tuple[str, str, str, str]]:
     r, s = _get(rows, "yolo", "yolov8n-vil_train"), _get(rows, "yolo", "yolov8n_train")
     if r and s and s["peak_mem_mb"]:
         m = r["peak_mem_mb"] / s["peak_mem_mb"]
-        out.append(("YOLOv8n-ViL vs YOLOv8n, fwd+bwd peak memory", f"{m:.2f}x", f"{m:.2f}x", f"<= 1.25x: {verdict(m, 1.25)}"))
+        out.append(("YOLOv8n-ViL vs YOLOv8n, fwd+bwd peak memory", f"{m:.2f}x", f"{m:.2f}x",
+                    f"<= 1.25x: {verdict(m, 1.25)}"))
     autos = [r for r in rows if r["section"] == "dispatch" and r["name"].startswith("auto ") and r["ratio_min"] != ""]
     if autos:
         w_min = max(r["ratio_min"] for r in autos)
