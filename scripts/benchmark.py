@@ -513,6 +513,16 @@ def write_outputs(rows, out_dir: Path, header: str, notes: list[str], dispatch: 
                   "ratio median | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         lines += ["| " + " | ".join(str(r[k]) for k in FIELDS[1:]) + " |" for r in sec]
         lines.append("")
+        if section == "dispatch":
+            lines += ["`auto` (the package table as loaded) against the fastest backend at each S:", "",
+                      "| dtype | S | auto ran | fastest | min ratio | median ratio | within 10% |",
+                      "|---|---|---|---|---|---|---|"]  # fmt: skip
+            for r in sec:
+                if r["name"].startswith("auto ") and r["ratio_min"] != "":
+                    ok = "yes" if r["ratio_min"] <= 1.1 else "no"
+                    lines.append(f"| {r['name'][5:]} | {r['x']} | {r['note'].split(' (')[0].removeprefix('-> ')} | "
+                                 f"{r['vs'][9:-1]} | {r['ratio_min']} | {r['ratio_median']} | {ok} (min) |")
+            lines.append("")
         if section == "dispatch" and dispatch:
             lines += ["Measured thresholds (`mlstm_dispatch.json`):", "", "```json",
                       __import__("json").dumps(dispatch, indent=2), "```", ""]  # fmt: skip
