@@ -33,10 +33,13 @@ except ImportError:  # pragma: no cover
     from ultra_vil.benchmark import peak_mem_mb
 
 
-def load_baseline_pair(src: Path) -> type[nn.Module]:
-    """ViLBlockPair of another checkout, bound to that checkout's own mlstm (loaded under private names)."""
+def load_baseline_pair(src: Path, own_cell: bool = True) -> type[nn.Module]:
+    """ViLBlockPair of another checkout, bound to that checkout's own mlstm (loaded under private names), or to
+    this checkout's (`own_cell=False`: then the two differ only in the layer around the cell)."""
     mods = {}
-    for name in ("mlstm", "vil"):
+    if not own_cell:
+        mods["mlstm"] = importlib.import_module("ultra_vil.mlstm")  # the module (the package exports the function)
+    for name in ("mlstm", "vil") if own_cell else ("vil",):
         spec = importlib.util.spec_from_file_location(f"_baseline_{name}", src / "ultra_vil" / f"{name}.py")
         mods[name] = importlib.util.module_from_spec(spec)
         if name == "vil":  # its `from ultra_vil.mlstm import mlstm` must find the baseline's cell
@@ -73,10 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--baseline-src", type=Path, help="another checkout of ultra-vil to time beside this one")
+    parser.add_argument("--baseline-cell", choices=("own", "ours"), default="own",
+                        help="run the baseline's layer on its own mlstm.py or on this checkout's")
     parser.add_argument("--no-attn", action="store_true", help="skip the transformer block")
     parser.add_argument("--no-grad", action="store_true", help="time forward only, under torch.no_grad")
     parser.add_argument("--profile", type=int, metavar="TOKENS", help="print a profile of our pair and stop")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time.process_time instead of wall time: the work done, on a machine others load "
+                             "too (meaningful with --threads 1; worker threads' spinning counts as work)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         attn = nn.TransformerEncoderLayer(args.dim, 4, 4 * args.dim, dropout=0.0, norm_first=True, batch_first=True)
         models["attn"] = (attn, False)
     if args.baseline_src:
-        base = load_baseline_pair(args.baseline_src)(args.dim)
+        base = load_baseline_pair(args.baseline_src, args.baseline_cell == "own")(args.dim)
         base.load_state_dict(models["vil"][0].state_dict())  # same weights: the checkpoint contract
         models["base"] = (base, True)
 
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     print(f"# dim {args.dim}, batch {args.batch}, {torch.get_num_threads()} threads, {args.rounds} rounds, "
-          f"{'forward (no_grad)' if args.no_grad else 'fwd+bwd'}, fp32, ms")
+          f"{'forward (no_grad)' if args.no_grad else 'fwd+bwd'}, fp32, {'CPU' if args.cpu_time else 'wall'} ms")
     names = list(models)
     cols = ["tokens"] + [f"{n} min / med ms" for n in names] + [f"vil/{r} min, med" for r in names if r != "vil"]
     cols += [f"{n} peak MiB" for n in names] + [f"vil/{r} MiB" for r in names if r != "vil"]
@@ -121,11 +129,12 @@ def main(argv: list[str] | None = None) -> None:
             steps[n] = make_step(model, x, grid if is_vil else None, args.no_grad)
             steps[n]()  # warm-up
         times = {n: [] for n in names}
+        clock = time.process_time if args.cpu_time else time.perf_counter
         for _ in range(args.rounds):
             for n in names:
-                t0 = time.perf_counter()
+                t0 = clock()
                 steps[n]()
-                times[n].append((time.perf_counter() - t0) * 1e3)
+                times[n].append((clock() - t0) * 1e3)
         mem = {n: peak_mem_mb(steps[n], torch.device("cpu")) for n in names}
         mins = {n: min(t) for n, t in times.items()}
         meds = {n: statistics.median(t) for n, t in times.items()}

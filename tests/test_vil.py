@@ -228,3 +228,22 @@ def test_checkpoint_of_commit_3c73528_gives_identical_outputs(name):
         args = (saved["grid"],) if saved["cls_index"] is None else (saved["grid"], saved["cls_index"])
         y = model(saved["x"], *args)
     torch.testing.assert_close(y, saved["y"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_output_gate_has_autograd_gradients(bias):
+    """The output gate's hand-written backward (it saves less) equals autograd through the plain ops."""
+    from ultra_vil.vil import MultiHeadNorm, _NormSkipGate, norm_skip
+
+    B, NH, S, DH = 2, 3, 5, 4
+    norm = randomize(MultiHeadNorm(NH * DH, NH, bias))
+    skip = torch.randn(NH * DH, requires_grad=True)
+    h = torch.randn(B, NH, S, DH, requires_grad=True)
+    x_c, z = (torch.randn(B, S, NH * DH, requires_grad=True) for _ in range(2))
+    inputs = [h, x_c, z, norm.weight, skip] + ([norm.bias] if bias else [])
+    g = torch.randn(B, S, NH * DH)
+    fused = _NormSkipGate.apply(h, x_c, z, norm.weight, norm.bias, skip, norm.eps)
+    plain = norm_skip(h, x_c, norm, skip) * F.silu(z)
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(fused, inputs, g), torch.autograd.grad(plain, inputs, g)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -267,18 +267,87 @@ class MLSTMMixer(nn.Module):
         return torch.cat([out[:, :cls_index], cls, out[:, cls_index:]], 1)  # (B, S, E)
 
 
+class _NormSkipGate(torch.autograd.Function):
+    """y = (LayerNorm_DH(h) (1 + w) + b + skip x_c) SiLU(z): the layer's output gate, saving what it must.
+
+    (h (B, NH, S, DH), x_c (B, S, E), z (B, S, E), w, b, skip (E,)) -> (B, S, E). Autograd would keep the
+    normalised h, the gated sum and SiLU(z) for backward: three (B, S, E) tensors per layer that nothing else
+    needs. This keeps h (which the cell keeps anyway), its per-token statistics, x_c and z (both alive for other
+    consumers) and recomputes the three in backward: a few elementwise passes for 3 E floats per token.
+    Backward works token-major (B, S, NH, DH) and hands h's gradient back in h's own layout.
+    """
+
+    @staticmethod
+    def forward(ctx, h, x_c, z, weight, bias, skip, eps):
+        DH = h.shape[-1]
+        hn, mean, rstd = torch.native_layer_norm(h, (DH,), None, None, eps)  # (B, NH, S, DH), (B, NH, S, 1) x 2
+        y = F.silu(z).mul_(_affine_skip(hn, x_c, weight, bias, skip))  # (B, S, E)
+        ctx.save_for_backward(h, mean, rstd, x_c, z, weight, bias, skip)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        h, mean, rstd, x_c, z, weight, bias, skip = ctx.saved_tensors
+        B, NH, S, DH = h.shape
+        E = NH * DH
+        mean_t, rstd_t = mean.transpose(1, 2), rstd.transpose(1, 2)  # (B, S, NH, 1)
+        hn = torch.empty((B, S, NH, DH), dtype=h.dtype, device=h.device)  # token-major: one strided read of h
+        torch.addcmul(-(mean_t * rstd_t), h.transpose(1, 2), rstd_t, out=hn)
+        c = _affine_skip(hn.transpose(1, 2), x_c, weight, bias, skip)  # (B, S, E)
+        gc = F.silu(z).mul_(gy)  # (B, S, E)  d/dc
+        gz = torch.ops.aten.silu_backward(gy * c, z)  # (B, S, E)
+        del c
+        gx_c = gc * skip
+        gskip = (gc * x_c).sum((0, 1))
+        gbias = gc.sum((0, 1)) if bias is not None else None
+        gc4 = gc.view(B, S, NH, DH)
+        gw = (gc4 * hn).sum((0, 1)).view(E)
+        ghn = gc4.mul_((1.0 + weight).view(NH, DH))  # (B, S, NH, DH)  d/d hn (gc is spent)
+        # LayerNorm without affine: dh = rstd (ghn - mean(ghn) - hn mean(ghn hn)), over DH
+        inner = ghn - ghn.mean(-1, keepdim=True) - hn * (ghn * hn).mean(-1, keepdim=True)
+        gh = torch.empty_like(h)  # (B, NH, S, DH), h's layout: the cell's backward wants it
+        torch.mul(inner, rstd_t, out=gh.transpose(1, 2))
+        return gh, gx_c, gz, gw, gbias, gskip, None
+
+
+def _affine_skip(hn: Tensor, x_c: Tensor, weight: Tensor, bias: Tensor | None, skip: Tensor) -> Tensor:
+    """hn (1 + w) + b + skip x_c for hn (B, NH, S, DH) (any strides) -> (B, S, E), token-major.
+
+    The first operand of each multiply-add is token-major, so the result is too and h's transposition rides in
+    the last pass instead of costing a copy of its own.
+    """
+    B, NH, S, DH = hn.shape
+    base = x_c * skip if bias is None else torch.addcmul(bias, x_c, skip)  # (B, S, E)
+    out = torch.addcmul(base.view(B, S, NH, DH), hn.transpose(1, 2), (1.0 + weight).view(NH, DH))
+    return out.view(B, S, NH * DH)
+
+
 def norm_skip(h: Tensor, x_c: Tensor, norm: MultiHeadNorm, skip: Tensor) -> Tensor:
     """outnorm(h) + skip * x_c: (h (B, NH, S, DH), x_c (B, S, E)) -> (B, S, E), without a transposed copy of h.
 
-    The head norm is a LayerNorm over each head's DH features, run where h lies (B, NH, S, DH); its affine and the
-    skip are two multiply-adds whose first operand is the token-major (B, S, E) tensor, so the result comes out
-    token-major and the transposition rides in the last pass.
+    The head norm is a LayerNorm over each head's DH features, run where h lies (B, NH, S, DH); GroupNorm of the
+    token-major copy in MultiHeadNorm is the same function.
     """
-    B, NH, S, DH = h.shape
-    hn = F.layer_norm(h, (DH,), eps=norm.eps)  # (B, NH, S, DH)
-    base = x_c * skip if norm.bias is None else torch.addcmul(norm.bias, x_c, skip)  # (B, S, E)
-    out = torch.addcmul(base.view(B, S, NH, DH), hn.transpose(1, 2), (1.0 + norm.weight).view(NH, DH))
-    return out.view(B, S, NH * DH)  # (B, S, E)
+    hn = F.layer_norm(h, (h.shape[-1],), eps=norm.eps)  # (B, NH, S, DH)
+    return _affine_skip(hn, x_c, norm.weight, norm.bias, skip)
+
+
+def norm_skip_gate(h: Tensor, x_c: Tensor, z: Tensor, norm: MultiHeadNorm, skip: Tensor) -> Tensor:
+    """(norm_skip(h, x_c) * SiLU(z)): (B, NH, S, DH), (B, S, E), (B, S, E) -> (B, S, E).
+
+    Training in one dtype goes through `_NormSkipGate` (less saved for backward); inference, autocast and
+    tracing (ONNX export) take the plain ops.
+    """
+    train = torch.is_grad_enabled() and any(t.requires_grad for t in (h, x_c, z, norm.weight, skip))
+    plain = (
+        not train
+        or torch.is_autocast_enabled()
+        or torch.jit.is_tracing()
+        or not (h.dtype == x_c.dtype == z.dtype == norm.weight.dtype == skip.dtype)
+    )
+    if plain:
+        return norm_skip(h, x_c, norm, skip) * F.silu(z)
+    return _NormSkipGate.apply(h, x_c, z, norm.weight, norm.bias, skip, norm.eps)
 
 
 class ViLLayer(nn.Module):
@@ -377,6 +446,9 @@ class ViLLayer(nn.Module):
                 x_t = x_m.reshape(B, H, W, E).transpose(1, 2).reshape(B, S, E)  # (B, W*H, E)
                 out = mixer(x_t, (W, H), None, reverse)  # (B, W*H, E)
                 h = h + out.reshape(B, W, H, E).transpose(1, 2).reshape(B, S, E)  # back to row-major
+            elif len(self.directions) == 1:  # ViL's case: the output gate fused with the head norm and skip
+                h_cell, x_c = mixer.mix(x_m, grid, cls_index, reverse)  # (B, NH, S, DH), (B, S, E)
+                return self.proj_down(norm_skip_gate(h_cell, x_c, z, mixer.outnorm, mixer.learnable_skip))
             else:
                 h = h + mixer(x_m, grid, cls_index, reverse)  # (B, S, E)
         return self.proj_down(h * F.silu(z))  # (B, S, D)
