@@ -88,7 +88,8 @@ def _hook_installed() -> bool:
     import importlib.util
 
     spec = importlib.util.find_spec("_ultra_vil_hook")
-    return spec is not None and Path(spec.origin).read_text() == (ROOT / "ultra_vil/yolo/_ultra_vil_hook.py").read_text()
+    source = (ROOT / "ultra_vil" / "yolo" / "_ultra_vil_hook.py").read_text()
+    return spec is not None and Path(spec.origin).read_text() == source
 
 
 @pytest.mark.parametrize(

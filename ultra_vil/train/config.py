@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--color-jitter", type=float, default=0.3, help="brightness/contrast/saturation jitter; 0 = off")
     g.add_argument("--crop-ratio", type=float, default=0.875, help="eval: resize to img_size / ratio, centre crop")
     g.add_argument("--allow-single-class", action="store_true",
-                   help="train on one class folder (loss 0, top-1 100%% whatever the model does): a warning, not an error")
+                   help="train on one class folder (loss 0, top-1 100%% whatever the model does): warn, not fail")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=tuple(VARIANTS), default="vil_t", help="preset of ultra_vil.classifier")
     g.add_argument("--num-classes", type=int, help="head size (default: the number of class folders)")

@@ -31,9 +31,9 @@ from torch import nn
 
 from ultra_vil import checkpoints
 from ultra_vil.classifier import VisionLSTM, build_from_config, create_model
+from ultra_vil.errors import ArgumentError, NonFiniteLossError
 from ultra_vil.train import checkpoint as ckpt_io
 from ultra_vil.train import distributed as D
-from ultra_vil.errors import ArgumentError, NonFiniteLossError
 from ultra_vil.train.data import (
     STREAM_STEP,
     DataError,
