@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
 
+from ultra_vil.errors import UserError
+
 # A line number, or a function that finds it (for sources where that is slow and only worth it on error).
 Line = Union[int, None, Callable[[], Union[int, None]]]
 
@@ -54,10 +56,13 @@ class Issues:
         return "\n".join(out)
 
 
-class DatasetError(ValueError):
-    """Invalid data. The message lists every problem found (file:line: what is wrong)."""
+class DatasetError(UserError, ValueError):
+    """Invalid data. The message lists every problem found (file:line: what is wrong).
+
+    A `UserError` (the user fixes the data; scripts/convert_dataset.py exits with status 1 for it) and, as before,
+    a ValueError."""
 
     def __init__(self, summary: str, issues: Issues | None = None, max_each: int | None = 50):
         self.issues = issues or Issues()
         details = self.issues.format(max_each)
-        super().__init__(f"{summary}\n{details}" if details else summary)
+        UserError.__init__(self, f"{summary}\n{details}" if details else summary)
