@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["available", "mlstm_triton", "check_on_device"]
+__all__ = ["available", "check_on_device", "mlstm_triton"]
 
 triton = tl = None  # imported by _kernels() on first use, so importing this module never needs triton
 
@@ -61,12 +61,12 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_imports() -> bool:
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
-    except Exception:  # ImportError, or a broken install (missing libcuda etc.)
+    except (ImportError, OSError, RuntimeError):  # not installed, or a broken install
         return False
     return True
 
@@ -188,14 +188,16 @@ def _kernels(interpret: bool):
         Sqk = tl.zeros([BL, BL], dtype=tl.float32)
         qC = tl.zeros([BL, BV], dtype=tl.float32)
         qn = tl.zeros([BL], dtype=tl.float32)
-        for kt in range(0, NK):  # constexpr trip count
+        for kt in range(NK):  # constexpr trip count
             offk = kt * BK + tl.arange(0, BK)
             mk = offk < DK
             mq = valid[:, None] & mk[None, :]  # (BL, BK)
             qt = tl.load(Q + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)  # (BL, BK)
             kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)  # (BL, BK)
             Sqk += tl.dot(qt.to(RT).to(CT), tl.trans(kk.to(RT).to(CT)), input_precision=PREC)  # (BL, BL)
-            Ct = tl.load(CS + st * DK * DV + offk[:, None] * DV + offv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
+            Ct = tl.load(
+                CS + st * DK * DV + offk[:, None] * DV + offv[None, :], mask=mk[:, None] & mv[None, :], other=0.0
+            )
             qC += tl.dot(qt.to(RT).to(CT), Ct.to(RT).to(CT), input_precision=PREC)  # (BL, BV)
             nt = tl.load(NS + st * DK + offk, mask=mk, other=0.0)  # (BK,)
             qn += tl.sum(qt.to(tl.float32) * nt[None, :], 1)  # (BL,)
@@ -206,7 +208,9 @@ def _kernels(interpret: bool):
         floor = tl.exp(-m_row)  # inf where m = -inf: then h = 0 (nothing written)
         nrm = tl.maximum(tl.abs(den), floor) + eps  # (BL,)
         h = num / nrm[:, None]  # (BL, BV)
-        tl.store(H + (bh * S + p[:, None]) * DV + offv[None, :], h.to(H.dtype.element_ty), mask=valid[:, None] & mv[None, :])
+        tl.store(
+            H + (bh * S + p[:, None]) * DV + offv[None, :], h.to(H.dtype.element_ty), mask=valid[:, None] & mv[None, :]
+        )
         # what the backward needs per step: m_t, the normaliser and d(normaliser)/d(den) in {-1, 0, 1}
         sgn = tl.where(tl.abs(den) > floor, tl.where(den >= 0, 1.0, -1.0), 0.0)
         rmask = valid & (pv == 0)
@@ -301,14 +305,14 @@ def _kernels(interpret: bool):
         wk = tl.exp(g - Fc + i - m_next_ref) * scale  # (BL,) weight of k_s in the state leaving the chunk
 
         Sqk = tl.zeros([BL, BL], dtype=tl.float32)
-        for kt in range(0, NK):
+        for kt in range(NK):
             offk = kt * BK + tl.arange(0, BK)
             mq = valid[:, None] & (offk < DK)[None, :]
             qt = tl.load(Q + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
             kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
             Sqk += tl.dot(qt.to(RT).to(CT), tl.trans(kk.to(RT).to(CT)), input_precision=PREC)
         dPv = tl.zeros([BL, BL], dtype=tl.float32)
-        for vt_i in range(0, NV):
+        for vt_i in range(NV):
             offv = vt_i * BV + tl.arange(0, BV)
             mdv = valid[:, None] & (offv < DV)[None, :]
             dht = tl.load(DH + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
@@ -318,23 +322,29 @@ def _kernels(interpret: bool):
         P = Sqk * scale * Dm  # (BL, BL)
         dS = (dPv + dden[:, None]) * Dm  # (BL, BL) d loss / d(q.k scale) per entry, over D
 
-        for vt_i in range(0, NV):
+        for vt_i in range(NV):
             offv = vt_i * BV + tl.arange(0, BV)
             mv = offv < DV
             mdv = valid[:, None] & mv[None, :]
             dht = tl.load(DH + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
             dnum = dht.to(tl.float32) * invn[:, None]  # (BL, BV)
             dv = tl.dot(tl.trans(P.to(RT).to(CT)), dnum.to(RT).to(CT), input_precision=PREC)  # (BL, BV)
-            for kt in range(0, NK):
+            for kt in range(NK):
                 offk = kt * BK + tl.arange(0, BK)
                 mk = offk < DK
-                kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
-                dCt = tl.load(DCS + (st + 1) * DK * DV + offk[:, None] * DV + offv[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
+                kk = tl.load(
+                    K + (bh * S + p[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0
+                )
+                dCt = tl.load(
+                    DCS + (st + 1) * DK * DV + offk[:, None] * DV + offv[None, :],
+                    mask=mk[:, None] & mv[None, :],
+                    other=0.0,
+                )
                 kw = kk.to(tl.float32) * wk[:, None]  # (BL, BK)
                 dv += tl.dot(kw.to(RT).to(CT), dCt.to(RT).to(CT), input_precision=PREC)  # (BL, BV)
             tl.store(DVV + (bh * S + p[:, None]) * DV + offv[None, :], dv, mask=mdv)
 
-        for kt in range(0, NK):
+        for kt in range(NK):
             offk = kt * BK + tl.arange(0, BK)
             mk = offk < DK
             mq = valid[:, None] & mk[None, :]
@@ -344,7 +354,7 @@ def _kernels(interpret: bool):
             dk = tl.dot(tl.trans(dS.to(RT).to(CT)), qt.to(RT).to(CT), input_precision=PREC) * scale  # (BL, BK)
             aq = tl.zeros([BL, BK], dtype=tl.float32)
             ak = tl.zeros([BL, BK], dtype=tl.float32)
-            for vt_i in range(0, NV):
+            for vt_i in range(NV):
                 offv = vt_i * BV + tl.arange(0, BV)
                 mv = offv < DV
                 mdv = valid[:, None] & mv[None, :]
@@ -372,20 +382,25 @@ class _Config:
 
     def __init__(self, S: int, DK: int, DV: int, chunk_size: int, dtype: torch.dtype, interpret: bool, reverse: bool):
         self.reverse = reverse
+        self.DK, self.DV = DK, DV
         self.L = chunk_size
         self.BL = max(16, _pow2(chunk_size))  # tl.dot needs >= 16 and a power of two; steps >= L are masked
         self.NC = -(-S // chunk_size)
-        self.BK = _tile(DK, 64)
-        self.BV = _tile(DV, 64)
-        self.NK = -(-DK // self.BK)
-        self.NV = -(-DV // self.BV)
-        # the two scans over chunks are sequential in S / L and do little work per step, so they get smaller state
-        # tiles than the per-chunk kernels: more programs to fill the GPU at small batch * heads (B=8, NH=4, DH=64:
-        # 128 programs instead of 32). A guess until a GPU run measures it.
-        self.BKS = _tile(DK, 32)
-        self.BVS = _tile(DV, 32)
-        self.NKS = -(-DK // self.BKS)
-        self.NVS = -(-DV // self.BVS)
+        # head-dim tiles (constexpr; masks cover the rest), chosen from sm_90 cubins compiled here without a GPU
+        # (triton.compile for GPUTarget("cuda", 90, 32), cuobjdump -res-usage, bf16, chunk 64):
+        # - forward per-chunk kernel: 64-wide tiles, 8 warps: no spills at DK = DV in {64, 96, 192} or 128 / 256
+        #   (4 warps: 255 registers and 24-840 B of stack; chunk 128 spills 0.7 KB even at 8 warps)
+        # - backward per-chunk kernel: it holds P and dS (BL x BL float32) across its loops; 32-wide tiles at 8
+        #   warps spill 0-96 B (64-wide: 536-880 B; 16-wide: none, but every dot is then 16 deep)
+        # - the two scans over chunks are sequential in S / L with little work per step: 32-wide state tiles give
+        #   more programs at small batch * heads (B=8, NH=4, DH=64: 128 instead of 32), 4 warps, no spills
+        # Guesses until a GPU run times them; the smaller per-chunk tiles only cost re-reads of q, k, v tiles.
+        self.tiles = {
+            "scan": (_tile(DK, 32), _tile(DV, 32), 4),
+            "fwd": (_tile(DK, 64), _tile(DV, 64), 8 if self.BL >= 64 else 4),
+            "bwd": (_tile(DK, 32), _tile(DV, 32), 8 if self.BL >= 64 else 4),
+        }
+        self.NC = -(-S // chunk_size)
         # every tl.dot operand is rounded to the input dtype `rt` and multiplied as `ct` (= rt) with float32
         # accumulation. TF32 would miss the float32 contract (1e-4 of float64), so float32 uses IEEE dots; half
         # types run on tensor cores either way. The interpreter (triton 3.8) multiplies bfloat16 tiles as their
@@ -396,6 +411,21 @@ class _Config:
         self.rt = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
         self.ct = tl.float32 if interpret and dtype == torch.bfloat16 else self.rt
         self.prec = "ieee" if self.ct == tl.float32 else "tf32"
+
+    def tile_counts(self, kind: str) -> tuple[int, int]:
+        """(DK tiles, DV tiles) of one kernel kind: "scan", "fwd" or "bwd"."""
+        BK, BV, _ = self.tiles[kind]
+        return -(-self.DK // BK), -(-self.DV // BV)
+
+    def consts(self, kind: str) -> dict:
+        """Constexprs and launch options of one kernel kind."""
+        BK, BV, warps = self.tiles[kind]
+        NK, NV = self.tile_counts(kind)
+        loops = {} if kind == "scan" else {"NK": NK, "NV": NV}
+        return dict(
+            DK=self.DK, DV=self.DV, L=self.L, BL=self.BL, BK=BK, BV=BV, **loops, PREC=self.prec, RT=self.rt,
+            CT=self.ct, REVERSE=self.reverse, num_warps=warps,
+        )  # fmt: skip
 
 
 class _MLSTMTriton(torch.autograd.Function):
@@ -412,16 +442,16 @@ class _MLSTMTriton(torch.autograd.Function):
         MS = torch.empty(BH, cfg.NC + 1, dtype=torch.float32, device=dev)
         has_init = C0 is not None
         dummy = MS  # an unused pointer where there is no initial state
-        fwd_states[(BH, cfg.NKS, cfg.NVS)](
+        fwd_states[(BH, *cfg.tile_counts("scan"))](
             k, v, i, lf, C0 if has_init else dummy, n0 if has_init else dummy, m0 if has_init else dummy,
             CS, NS, MS, S, cfg.NC, scale,
-            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BKS, BV=cfg.BVS, HAS_INIT=has_init, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct, REVERSE=cfg.reverse,
+            HAS_INIT=has_init, **cfg.consts("scan"),
         )  # fmt: skip
         h = torch.empty(BH, S, DV, dtype=v.dtype, device=dev)
         MR, NR, SR = (torch.empty(BH, S, dtype=torch.float32, device=dev) for _ in range(3))
-        fwd_out[(cfg.NC, BH, cfg.NV)](
+        fwd_out[(cfg.NC, BH, cfg.tile_counts("fwd")[1])](
             q, k, v, i, lf, CS, NS, MS, h, MR, NR, SR, S, cfg.NC, scale, eps,
-            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, NK=cfg.NK, NV=cfg.NV, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct, REVERSE=cfg.reverse,
+            **cfg.consts("fwd"),
         )  # fmt: skip
         C_end, n_end, m_end = CS[:, cfg.NC].clone(), NS[:, cfg.NC].clone(), MS[:, cfg.NC].clone()
         ctx.save_for_backward(q, k, v, i, lf, h, CS, NS, MS, MR, NR, SR, C0, n0, m0, C_end, n_end)
@@ -446,16 +476,16 @@ class _MLSTMTriton(torch.autograd.Function):
         dnf = torch.zeros_like(n_end) if dn_end is None else dn_end.float().contiguous()
         DCS = torch.empty_like(CS)
         DNS = torch.empty_like(NS)
-        bwd_states[(BH, cfg.NKS, cfg.NVS)](
+        bwd_states[(BH, *cfg.tile_counts("scan"))](
             q, dh, i, lf, MS, MR, invn, dden, dCf, dnf, DCS, DNS, S, cfg.NC,
-            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BKS, BV=cfg.BVS, HAS_DFIN=has_dfin, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct, REVERSE=cfg.reverse,
+            HAS_DFIN=has_dfin, **cfg.consts("scan"),
         )  # fmt: skip
         dq = torch.empty(BH, S, DK, dtype=torch.float32, device=dev)
         dk = torch.empty_like(dq)
         dv = torch.empty(BH, S, DV, dtype=torch.float32, device=dev)
         bwd_chunk[(cfg.NC, BH)](
             q, k, v, dh, i, lf, CS, NS, MS, MR, invn, dden, DCS, DNS, dq, dk, dv, S, cfg.NC, ctx.scale,
-            DK=DK, DV=DV, L=cfg.L, BL=cfg.BL, BK=cfg.BK, BV=cfg.BV, NK=cfg.NK, NV=cfg.NV, PREC=cfg.prec, RT=cfg.rt, CT=cfg.ct, REVERSE=cfg.reverse,
+            **cfg.consts("bwd"),
         )  # fmt: skip
 
         # below, (BH, S) arrays run in traversal order (flipped with reverse: O(S) copies, not O(S * D))
