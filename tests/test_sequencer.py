@@ -99,3 +99,26 @@ def test_bad_arguments():
         BiLSTM2D(3)  # 3 // 4 = 0 hidden units
     with pytest.raises(ValueError, match="hidden_size"):
         BiLSTM2D(8, hidden_size=0)
+
+
+def test_classifier_preset_sequencer_t(tmp_path):
+    """`sequencer_t`: ViL-T width (192), patch 16, 12 Sequencer2D blocks (one per ViL block pair), mean pooling:
+    5,726,248 parameters (ViL-T: 6,390,760; Sequencer2D-S: 28M, hierarchical at widths 192/384 with 18 blocks).
+    It trains with the classifier recipe of scripts/train_classifier.py (tiny width here) and its checkpoint
+    rebuilds the same mixer; a CLS token is refused (a 2D mixer has no place for it)."""
+    from test_train_classifier import TINY, make_shapes, train_classifier
+
+    from ultra_vil.classifier import create_model, load_checkpoint
+
+    model = create_model("sequencer_t")
+    assert sum(p.numel() for p in model.parameters()) == 5_726_248
+    assert model.pooling == "mean" and len(model.blocks.blocks) == 12
+    assert type(model.blocks.blocks[0]) is SequencerBlock and model.blocks.blocks[0].mixer.hidden_size == 48
+    with pytest.raises(ValueError, match="CLS"):
+        create_model("sequencer_t", pooling="middle_cls")
+    data = make_shapes(tmp_path / "shapes", n_train=4, n_val=2)
+    argv = [*TINY, "--model", "sequencer_t", "--data", str(data), "--out-dir", str(tmp_path / "run"), "--epochs", "1",
+            "--batch-size", "8", "--mixup", "0", "--cutmix", "0"]  # fmt: skip
+    assert train_classifier.main(argv) == 0
+    back = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert back.config["mixer"] == "sequencer" and type(back.blocks.blocks[0]) is SequencerBlock

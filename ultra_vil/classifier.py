@@ -28,7 +28,12 @@ VARIANTS = {
     "vil_s": dict(dim=384, num_blocks=24, drop_path=0.05),
     "vil_s_plus": dict(dim=384, num_blocks=26, drop_path=0.05),
     "vil_b": dict(dim=768, num_blocks=24, drop_path=0.2),
+    # the seeds' other mixers at ViL-T width, patch 16 (issue 13), with their papers' pooling; one Sequencer2D block
+    # or two Vim blocks per ViL block pair, as in ultra_vil/yolo/modules.py: 12 blocks / 24 blocks (Vim-Ti's depth)
+    "sequencer_t": dict(dim=192, num_blocks=12, drop_path=0.0, mixer="sequencer", pooling="mean"),
+    "vim_t": dict(dim=192, num_blocks=24, drop_path=0.0, mixer="vim", pooling="middle_cls"),
 }
+MIXERS = ("vil", "sequencer", "vim")  # ViL; Sequencer2D blocks (ultra_vil.sequencer); Vim blocks (ultra_vil.vim)
 POOLINGS = ("bilateral_concat", "bilateral_avg", "mean", "middle_patch", "middle_cls")
 
 
@@ -46,7 +51,9 @@ class VisionLSTM(nn.Module):
         in_chans: Image channels.
         pooling: One of POOLINGS.
         drop_path: Drop-path rate of every block.
-        traversal: A key of ultra_vil.vil.TRAVERSALS.
+        traversal: A key of ultra_vil.vil.TRAVERSALS (ViL blocks only).
+        mixer: One of MIXERS: the token mixer of every block ("vil"; "sequencer": Sequencer2D blocks, BiLSTM2D +
+            channel MLP, no CLS token; "vim": Vim blocks, bidirectional selective SSM).
         checkpoint: Activation checkpointing per block (memory for compute, for high resolutions).
         legacy_norm: A plain `nn.LayerNorm(num_features)` after pooling, before the head: every released v2
             checkpoint has one (`legacy_norm.weight`), so loading them needs it.
@@ -69,6 +76,7 @@ class VisionLSTM(nn.Module):
         traversal: str = "alternating",
         checkpoint: bool = False,
         legacy_norm: bool = False,
+        mixer: str = "vil",
         **layer_kw,
     ) -> None:
         super().__init__()
@@ -77,6 +85,12 @@ class VisionLSTM(nn.Module):
             patch_stride=patch_stride, in_chans=in_chans, pooling=pooling, drop_path=drop_path, traversal=traversal,
             checkpoint=checkpoint, legacy_norm=legacy_norm, **layer_kw,
         )
+        if mixer != "vil":  # recorded only when set, so ViL configs (and their checkpoints) stay as they were
+            self._config["mixer"] = mixer
+        if mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {mixer!r}; expected one of {MIXERS}")
+        if mixer == "sequencer" and pooling == "middle_cls":
+            raise ValueError("a Sequencer2D block mixes along grid rows and columns: it has no place for a CLS token")
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         patch_stride = patch_size if patch_stride is None else patch_stride
         if pooling not in POOLINGS:
@@ -97,7 +111,10 @@ class VisionLSTM(nn.Module):
         self.patch_embed = nn.Conv2d(in_chans, dim, patch_size, stride=patch_stride)
         self.pos_embed = nn.Parameter(torch.zeros(1, *grid, dim))  # (1, H', W', D)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pooling == "middle_cls" else None
-        self.blocks = ViLStack(dim, num_blocks, traversal, drop_path, checkpoint=checkpoint, **layer_kw)
+        if mixer == "vil":
+            self.blocks = ViLStack(dim, num_blocks, traversal, drop_path, checkpoint=checkpoint, **layer_kw)
+        else:
+            self.blocks = MixerStack(mixer, dim, num_blocks, drop_path, checkpoint=checkpoint, **layer_kw)
         self.norm = LayerNorm(dim, eps=1e-6)
         self.num_features = 2 * dim if pooling == "bilateral_concat" else dim
         self.legacy_norm = nn.LayerNorm(self.num_features) if legacy_norm else None
@@ -118,7 +135,7 @@ class VisionLSTM(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names the recipe exempts from weight decay besides norms and biases."""
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token"} | {n for n, _ in self.named_parameters() if n.endswith(".A_log")}  # Mamba's
 
     def check_input_size(self, size: tuple[int, int]) -> None:
         """Raise ValueError unless an (H, W) input tiles exactly into patches: the patch conv would silently drop
@@ -182,17 +199,18 @@ def create_model(
     img_size: int | tuple[int, int] = 224,
     patch_size: int = 16,
     patch_stride: int | None = None,
-    pooling: str = "bilateral_concat",
+    pooling: str | None = None,
     drop_path: float | None = None,
     traversal: str = "alternating",
     legacy_norm: bool = False,
     pretrained: str | Path | None = None,
     **kwargs,
 ) -> VisionLSTM:
-    """Build a preset of `VARIANTS` (vil_t, vil_t_plus, vil_s, vil_s_plus, vil_b).
+    """Build a preset of `VARIANTS` (vil_t, vil_t_plus, vil_s, vil_s_plus, vil_b; sequencer_t, vim_t).
 
-    drop_path None keeps the preset's rate. Other keywords of `VisionLSTM` (dim, num_blocks, checkpoint, backend,
-    chunk_size, ...) override the preset; everything ends up in `model.config`, the plain dict a checkpoint stores.
+    drop_path None keeps the preset's rate, pooling None the preset's pooling (bilateral_concat for ViL). Other
+    keywords of `VisionLSTM` (dim, num_blocks, checkpoint, backend, chunk_size, ...) override the preset; everything
+    ends up in `model.config`, the plain dict a checkpoint stores.
 
     `pretrained` is a weights file: an ultra-vil checkpoint, a VisionLSTM2 state dict (torch.hub names) or a
     released `.th` file (`legacy_norm=True` for those). Tensors are matched by name (`ultra_vil.checkpoints`), the
@@ -203,6 +221,8 @@ def create_model(
     preset = {**VARIANTS[name], **kwargs}  # keyword overrides (dim, num_blocks, backend, ...) win over the preset
     if drop_path is not None:
         preset["drop_path"] = drop_path
+    pooling = preset.pop("pooling", "bilateral_concat") if pooling is None else pooling
+    preset.pop("pooling", None)
     config = dict(
         name=name, num_classes=num_classes, img_size=img_size, patch_size=patch_size, patch_stride=patch_stride,
         pooling=pooling, traversal=traversal, legacy_norm=legacy_norm, **preset,
@@ -240,3 +260,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     model = build_from_config({**config, **overrides})
     checkpoints.load_weights(model, state, path, drop_mismatched_head="num_classes" in overrides)
     return model
+
+
+class MixerStack(nn.Module):
+    """`num_blocks` Sequencer2D or Vim blocks for the classifier, called like ViLStack: (B, S, D), grid, cls_index.
+
+    Args:
+        mixer: "sequencer" (ultra_vil.sequencer.SequencerBlock) or "vim" (ultra_vil.vim.VimBlock).
+        dim: Token width.
+        num_blocks: Number of blocks.
+        drop_path: One rate for every block, or a list with one rate per block.
+        checkpoint: Recompute each block in backward (activation checkpointing).
+        **block_kw: Passed to every block (Sequencer: hidden_size, mlp_ratio; Vim: expansion, state_size, ...).
+    """
+
+    def __init__(
+        self, mixer: str, dim: int, num_blocks: int, drop_path: float | list[float] = 0.0, checkpoint: bool = False,
+        **block_kw,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        from ultra_vil.sequencer import SequencerBlock
+        from ultra_vil.vim import VimBlock
+
+        block_cls = {"sequencer": SequencerBlock, "vim": VimBlock}[mixer]
+        rates = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * num_blocks
+        if num_blocks < 1 or len(rates) != num_blocks:
+            raise ValueError(f"MixerStack: {num_blocks} blocks with {len(rates)} drop-path rates")
+        self.mixer = mixer
+        self.blocks = nn.ModuleList(block_cls(dim, drop_path=rates[b], **block_kw) for b in range(num_blocks))
+        self.checkpoint = checkpoint
+
+    def forward(self, x: Tensor, grid: tuple[int, int], cls_index: int | None = None) -> Tensor:
+        extra = () if cls_index is None else (cls_index,)  # SequencerBlock takes no CLS index
+        for block in self.blocks:
+            if self.checkpoint and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, grid, *extra, use_reentrant=False)
+            else:
+                x = block(x, grid, *extra)
+        return x

@@ -231,9 +231,11 @@ class VimMixer(nn.Module):
         self.bwd = SSMBranch(DI, chunk_size=chunk_size, **branch_kw)  # bottom-right -> top-left
         self.out_proj = nn.Linear(DI, dim, bias=False)
 
-    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+    def forward(self, x: Tensor, grid: tuple[int, int], cls_index: int | None = None) -> Tensor:
+        """(B, S, D) row-major tokens over `grid` -> (B, S, D). With `cls_index`, S = H*W + 1 and that token is a
+        CLS token (Vim's middle CLS token): the scan reads it like any other token of the sequence."""
         S = x.shape[1]
-        if grid[0] * grid[1] != S:
+        if grid[0] * grid[1] + (cls_index is not None) != S:
             raise ValueError(f"VimMixer: grid {tuple(grid)} does not hold {S} tokens")
         xm, z = self.in_proj(x).chunk(2, dim=-1)  # (B, S, DI) each
         y = self.fwd(xm) + self.bwd(xm.flip(1)).flip(1)  # (B, S, DI), both in row-major order
@@ -249,5 +251,5 @@ class VimBlock(nn.Module):
         self.mixer = VimMixer(dim, **mixer_kw)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        return x + self.drop_path(self.mixer(self.norm(x), grid))
+    def forward(self, x: Tensor, grid: tuple[int, int], cls_index: int | None = None) -> Tensor:
+        return x + self.drop_path(self.mixer(self.norm(x), grid, cls_index))
