@@ -200,7 +200,8 @@ def test_optimizer_groups_and_frozen_trunk(classifier, tmp_path):
     """One epoch of Ultralytics' own trainer with the trunk frozen (freeze=['0.trunk']): the trainer's optimizer puts
     every ViL norm weight, bias, position embedding and learnable_skip in a group with weight decay 0, for
     ViLBackbone and, built by the same trainer, ViLStage/ViLC2f (AdamW, SGD, MuSGD); the trunk's weights after
-    the epoch equal the loaded ones bit for bit, in the model and in its EMA."""
+    the epoch equal the loaded ones bit for bit, in the model and in its EMA; a second run from that last.pt
+    without freeze trains the trunk (the two-stage recipe for a trunk frozen in the first epochs)."""
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
 
@@ -218,9 +219,17 @@ def test_optimizer_groups_and_frozen_trunk(classifier, tmp_path):
     for k, v in loaded.items():
         assert torch.equal(live.model[0].trunk.state_dict()[k], v), k
         assert torch.equal(trainer.ema.ema.model[0].trunk.state_dict()[k], v), k
-    # the step did happen: the pyramid after the trunk is not frozen, and its biases moved (warmup bias lr 0.1;
-    # every other lr is 0 at the first warmup step, so biases are what a frozen-trunk bug would show in too)
+    # the step did happen (one epoch: Ultralytics skips warmup, every lr is lr0): the pyramid is not frozen, it moved
     assert not torch.equal(live.model[0].p4[0].bn.bias.detach(), fpn_bias)
+    # stage 2 of "frozen for the first epochs": train on from stage 1's last.pt without freeze: the trunk moves
+    stage2 = YOLO(str(trainer.last))
+    stage2.train(data=str(data), epochs=1, imgsz=64, batch=4, workers=0, device="cpu", plots=False, val=False,
+                 project=str(tmp_path / "runs"), name="unfrozen", optimizer="AdamW", amp=False)  # fmt: skip
+    trunk2 = stage2.trainer.model.model[0].trunk.state_dict()
+    saved = {k: v.half().float() for k, v in loaded.items()}  # Ultralytics stores last.pt in float16
+    moved = [k for k, v in saved.items() if not torch.equal(trunk2[k], v)]
+    assert len(moved) > len(saved) // 2, moved
+    assert max(float((trunk2[k] - v).abs().max()) for k, v in saved.items()) < 0.1  # one AdamW step from stage 1
     stages = DetectionModel(str(ROOT / "cfg" / "yolov8n-vil.yaml"), nc=2, verbose=False)
     for name in ("AdamW", "SGD", "MuSGD"):
         opt = trainer.build_optimizer(stages, name=name, lr=0.01, momentum=0.9, decay=5e-4, iterations=10)
