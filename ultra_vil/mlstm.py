@@ -172,7 +172,7 @@ def mlstm(
             q_, k_, v_ = (t.to(mm) for t in (q, k, v))
             k_, v_, i_ = _sanitize(k_, v_, i_)
             L = S if backend == "parallel" else chunk_size  # the quadratic form is one chunk
-            h, last = _scan(q_, k_, v_, i_, logf, state, eps, L, reverse, v.dtype)
+            h, last = _scan(q_, k_, v_, i_, logf, state, eps, L, reverse, v.dtype, return_state)
     return (h, last) if return_state else h
 
 
@@ -304,20 +304,27 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype):
+    def forward(ctx, qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype, need_final):
         B, NH, NC, L, DK = qc.shape
         DV = vc.shape[-1]
         acc = ic.dtype
         log_scale = -0.5 * math.log(DK)  # keys scaled by 1/sqrt(DK), folded into the exponents
         row, col, a, g, lo = _chunk_gates(ic, fc, reverse)
 
-        # what each chunk alone writes into the memory, stabilised by its own max (-inf: nothing written)
-        m_loc = a.amax(-1)  # (B, NH, NC)
-        wa = torch.exp(a - (_finite_ref(m_loc) - log_scale)[..., None]).nan_to_num_(nan=0.0)  # (B, NH, NC, L)
-        kw = kc * wa[..., None]  # (B, NH, NC, L, DK)  acc dtype; scaled keys times their write weights
-        n_loc = kw.sum(-2)  # (B, NH, NC, DK)
-        C_loc = _mm(kw.to(qc.dtype).transpose(-2, -1), vc, acc)  # (B, NH, NC, DK, DV)
-        del kw
+        # what each chunk alone writes into the memory, stabilised by its own max (-inf: nothing written). One chunk
+        # and no final state wanted (the parallel backend's usual call): no summary is read, so none is made
+        skip = NC == 1 and not need_final
+        if skip:
+            m_loc = torch.full_like(g, float("-inf"), dtype=acc)  # (B, NH, 1)
+            n_loc = qc.new_zeros(B, NH, 1, DK, dtype=acc)
+            C_loc = qc.new_zeros(B, NH, 1, DK, DV, dtype=acc)
+        else:
+            m_loc = a.amax(-1)  # (B, NH, NC)
+            wa = torch.exp(a - (_finite_ref(m_loc) - log_scale)[..., None]).nan_to_num_(nan=0.0)  # (B, NH, NC, L)
+            kw = kc * wa[..., None]  # (B, NH, NC, L, DK)  acc dtype; scaled keys times their write weights
+            n_loc = kw.sum(-2)  # (B, NH, NC, DK)
+            C_loc = _mm(kw.to(qc.dtype).transpose(-2, -1), vc, acc)  # (B, NH, NC, DK, DV)
+            del kw
 
         logw, log_init, _, _ = _chunk_mix(g, m_loc, m0, reverse, acc)
         m_all = logw.amax(-1)  # (B, NH, NC+1)
@@ -332,16 +339,17 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
             n_all += w0[..., None] * n0[:, :, None]
         del C_loc, w_in
 
+        has_state = NC > 1 or C0 is not None  # else every chunk starts empty: no state terms to compute
         h, den, m_t = _intra_forward(qc, kc, vc, row, col, lo, C_all[:, :, :NC], n_all[:, :, :NC],
-                                     m_all[..., :NC], eps, reverse, log_scale, out_dtype)
+                                     m_all[..., :NC], eps, reverse, log_scale, out_dtype, has_state)
         ctx.save_for_backward(qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t)
-        ctx.eps, ctx.reverse = eps, reverse
+        ctx.eps, ctx.reverse, ctx.skip, ctx.has_state = eps, reverse, skip, has_state
         return h, C_all[:, :, NC], n_all[:, :, NC], m_all[..., NC]
 
     @staticmethod
     def backward(ctx, dh, dC_fin, dn_fin, dm_fin):
         qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t = ctx.saved_tensors
-        eps, reverse = ctx.eps, ctx.reverse
+        eps, reverse, skip, has_state = ctx.eps, ctx.reverse, ctx.skip, ctx.has_state
         B, NH, NC, L, DK = qc.shape
         acc = ic.dtype
         mm = qc.dtype
@@ -362,7 +370,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         dm_t = dhh * (e_live / nrm - 1.0)  # (B, NH, NC, L)
 
         dq, dk, dv, dlogD_row, dlogD_col, dls, dC_in, dn_in, state_wins, idx = _intra_backward(
-            qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale
+            qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale, has_state
         )
         # route dm_t to the argmax of its row: one step of the chunk, or the carried state
         dm_row = torch.where(state_wins, 0.0, dm_t)
@@ -381,7 +389,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         dm_all = dm_all.masked_fill(m_all == float("-inf"), 0.0)  # an empty state's m = -inf depends on nothing
         dGex = (dC_all * C_all).sum((-2, -1)) + (dn_all * n_all).sum(-1) + dm_all  # (B, NH, NC+1)
 
-        m_loc = a.amax(-1)
+        m_loc = torch.full_like(g, float("-inf"), dtype=acc) if skip else a.amax(-1)
         logw, log_init, _, _ = _chunk_mix(g, m_loc, m0, reverse, acc)
         m_ref = _finite_ref(m_all)
         w_in = torch.exp(logw - m_ref[..., None])  # (B, NH, NC+1, NC)
@@ -403,15 +411,18 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         dA = -torch.zeros_like(m_loc).scatter_add_(-1, j_star, dm_chunk)
 
         # the summaries C_loc = sum_s wa_s k_s v_s^T (keys scaled), n_loc = sum_s wa_s k_s
-        wa = torch.exp(a - (_finite_ref(m_loc) - log_scale)[..., None]).nan_to_num_(nan=0.0)  # (B, NH, NC, L)
-        dC_loc_mm = dC_loc.to(mm)
-        Z = _mm(vc, dC_loc_mm.transpose(-2, -1), acc) + dn_loc[:, :, :, None]  # (B, NH, NC, L, DK)
-        dk = dk.addcmul_(Z, wa[..., None])
-        da = (kc * Z).sum(-1) * wa  # (B, NH, NC, L)
-        dv = dv + _mm((kc * wa[..., None]).to(mm), dC_loc_mm, acc)
-        dA = dA - da.sum(-1)
-        _, s_star = a.max(-1)  # (B, NH, NC)
-        da = da.scatter_add(-1, s_star[..., None], dm_loc[..., None])
+        if skip:  # none was made: nothing reads them
+            da = torch.zeros_like(a)
+        else:
+            wa = torch.exp(a - (_finite_ref(m_loc) - log_scale)[..., None]).nan_to_num_(nan=0.0)  # (B, NH, NC, L)
+            dC_loc_mm = dC_loc.to(mm)
+            Z = _mm(vc, dC_loc_mm.transpose(-2, -1), acc) + dn_loc[:, :, :, None]  # (B, NH, NC, L, DK)
+            dk = dk.addcmul_(Z, wa[..., None])
+            da = (kc * Z).sum(-1) * wa  # (B, NH, NC, L)
+            dv = dv + _mm((kc * wa[..., None]).to(mm), dC_loc_mm, acc)
+            dA = dA - da.sum(-1)
+            _, s_star = a.max(-1)  # (B, NH, NC)
+            da = da.scatter_add(-1, s_star[..., None], dm_loc[..., None])
 
         # a = g - Fc + i;  A = cumsum(g) over chunks, Gex = [A - g, A[end]];  g = Fc[end of chunk]
         dic = dic + da
@@ -423,7 +434,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         dg = dg + _cumsum_adjoint(dA, reverse)
         dFc[..., 0 if reverse else L - 1] += dg
         dfc = _cumsum_adjoint(dFc, reverse)
-        return dq.to(mm), dk.to(mm), dv.to(mm), dic, dfc, dC0, dn0, dm0, None, None, None
+        return dq.to(mm), dk.to(mm), dv.to(mm), dic, dfc, dC0, dn0, dm0, None, None, None, None
 
 
 def _mm(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
@@ -438,44 +449,47 @@ def _mm(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
     return a.to(acc) @ b.to(acc)
 
 
-def _intra_forward(qc, kc, vc, row, col, lo, C_in, n_in, m_in, eps, reverse, log_scale, out_dtype):
+def _intra_forward(qc, kc, vc, row, col, lo, C_in, n_in, m_in, eps, reverse, log_scale, out_dtype, has_state=True):
     """Outputs of every chunk: the (anti-)causal quadratic form inside it plus its entering state."""
     acc, mm = row.dtype, qc.dtype
     L = qc.shape[-2]
     logD = row[..., :, None] - row[..., None, :]  # (B, NH, NC, L, L)  decay t <- s
     logD += col[..., None, :]
     logD.masked_fill_(~_order_mask(L, L, reverse, qc.device), float("-inf"))
-    ls = row + m_in[..., None]  # (B, NH, NC, L)  log weight of the entering state at step t
-    m_t = torch.maximum(logD.amax(-1), ls)  # (B, NH, NC, L)
+    m_t = logD.amax(-1)  # (B, NH, NC, L)
+    if has_state:
+        ls = row + m_in[..., None]  # (B, NH, NC, L)  log weight of the entering state at step t
+        m_t = torch.maximum(m_t, ls)
     m_ref = _finite_ref(m_t)
     D = logD.sub_((m_ref - log_scale)[..., None]).exp_()  # (B, NH, NC, L, L)  weights times 1/sqrt(DK)
     P = _mm(qc, kc.transpose(-2, -1), acc).mul_(D)  # (B, NH, NC, L, L)
     del D, logD
-    w = torch.exp(ls - m_ref)  # (B, NH, NC, L)
-    # q . n in float32: den is a sum with cancellation (it is small where h is large), n in bf16 costs 0.3 in dq
-    den = P.sum(-1) + w * (qc * n_in[:, :, :, None, :]).sum(-1)  # (B, NH, NC, L)
+    den = P.sum(-1)  # (B, NH, NC, L)
     num = _mm(P.to(mm), vc, acc)  # (B, NH, NC, L, DV)
-    num = num.addcmul_(w[..., None], _mm(qc, C_in.to(mm), acc))
+    if has_state:
+        w = torch.exp(ls - m_ref)  # (B, NH, NC, L)
+        # q . n in float32: den is a sum with cancellation (small where h is large); n in bf16 costs 0.3 in dq
+        den = den + w * (qc * n_in[:, :, :, None, :]).sum(-1)
+        num = num.addcmul_(w[..., None], _mm(qc, C_in.to(mm), acc))
     nrm = torch.maximum(den.abs(), torch.exp((-m_t - lo).clamp(max=EXP_MAX[acc]))) + eps  # m_t + lo: the true m
     h = num.div_(nrm[..., None]).to(out_dtype)
     return h, den, m_t
 
 
-def _intra_backward(qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale):
+def _intra_backward(qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale, has_state=True):
     """Backward of `_intra_forward` with m_t held fixed; recomputes the (L, L) matrices."""
     acc, mm = row.dtype, qc.dtype
     L = qc.shape[-2]
     logD = row[..., :, None] - row[..., None, :]
     logD += col[..., None, :]
     logD.masked_fill_(~_order_mask(L, L, reverse, qc.device), float("-inf"))
-    ls = row + m_in[..., None]
     mrow, idx = logD.max(-1)  # (B, NH, NC, L)
+    ls = row + m_in[..., None]
     state_wins = ls > mrow
     m_ref = _finite_ref(m_t)
     D = logD.sub_((m_ref - log_scale)[..., None]).exp_()  # (B, NH, NC, L, L)
     del logD
     P = _mm(qc, kc.transpose(-2, -1), acc).mul_(D)  # (B, NH, NC, L, L)
-    w = torch.exp(ls - m_ref)  # (B, NH, NC, L)
     dnum_mm = dnum.to(mm)
     dv = _mm(P.to(mm).transpose(-2, -1), dnum_mm, acc)  # (B, NH, NC, L, DV)
     dP = _mm(dnum_mm, vc.transpose(-2, -1), acc).add_(dden[..., None])  # (B, NH, NC, L, L)
@@ -487,7 +501,11 @@ def _intra_backward(qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, rev
     dq = _mm(dS, kc, acc)
     dk = _mm(dS.transpose(-2, -1), qc, acc)
     del dS, dP
+    if not has_state:
+        zero = torch.zeros_like
+        return dq, dk, dv, dlogD_row, dlogD_col, zero(row), zero(C_in), zero(n_in), state_wins, idx
     # the state term: num += w q C_in, den += w q . n_in
+    w = torch.exp(ls - m_ref)  # (B, NH, NC, L)
     Y = _mm(dnum_mm, C_in.to(mm).transpose(-2, -1), acc) + dden[..., None] * n_in[:, :, :, None]  # (B,NH,NC,L,DK)
     dls = (qc * Y).sum(-1) * w
     dq = dq.addcmul_(w[..., None], Y)
@@ -497,7 +515,7 @@ def _intra_backward(qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, rev
     return dq, dk, dv, dlogD_row, dlogD_col, dls, dC_in, dn_in, state_wins, idx
 
 
-def _scan(q, k, v, i, logf, state, eps, L, reverse, out_dtype):
+def _scan(q, k, v, i, logf, state, eps, L, reverse, out_dtype, need_final=True):
     """Pad to a multiple of L at the traversal's end, chunk, run `_ChunkwiseMLSTM`; (h (B, NH, S, DV), state).
 
     Padded steps neither write (input gate -inf) nor forget (log forget gate 0), so they change neither earlier
@@ -515,7 +533,7 @@ def _scan(q, k, v, i, logf, state, eps, L, reverse, out_dtype):
     qc, kc, vc = (t.reshape(B, NH, NC, L, t.shape[-1]) for t in (q, k, v))  # (B, NH, NC, L, D*)  views
     ic, fc = i.reshape(B, NH, NC, L), logf.reshape(B, NH, NC, L)
     C0, n0, m0 = state if state is not None else (None, None, None)
-    h, C, n, m = _ChunkwiseMLSTM.apply(qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype)
+    h, C, n, m = _ChunkwiseMLSTM.apply(qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype, need_final)
     h = h.reshape(B, NH, NC * L, DV)
     h = h[:, :, pad:] if reverse else h[:, :, :S]
     return h, MLSTMState(C, n, m)
