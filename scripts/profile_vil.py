@@ -3,6 +3,7 @@
     python scripts/profile_vil.py                               # 400 / 1600 / 6400 tokens, fwd+bwd, batch 1
     python scripts/profile_vil.py --baseline-src /work/baseline-3c73528   # + that checkout's ViLBlockPair
     python scripts/profile_vil.py --profile 1600                # torch.profiler table of our pair, by self CPU
+    python scripts/profile_vil.py --yolo                        # stock YOLOv8n vs cfg/yolov8n-vil.yaml at 640
 
 Models: `ViLBlockPair(dim)` of this checkout ("vil"), `nn.TransformerEncoderLayer(dim, 4, 4 dim,
 norm_first=True, batch_first=True, dropout=0)` ("attn", SDPA inside; dropout off so that it does not pay for
@@ -16,6 +17,7 @@ gradients included), from `peak_mem_mb` of the package's measuring module.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import statistics
 import sys
@@ -69,6 +71,73 @@ def make_step(model: nn.Module, x: torch.Tensor, grid: tuple[int, int] | None, f
     return step
 
 
+def interleaved(steps: dict, rounds: int, clock) -> dict[str, tuple[float, float]]:
+    """{name: (min, median) ms} over `rounds` rounds that each run every step once, after one warm-up each."""
+    for step in steps.values():
+        step()
+    times = {n: [] for n in steps}
+    for _ in range(rounds):
+        for n, step in steps.items():
+            t0 = clock()
+            step()
+            times[n].append((clock() - t0) * 1e3)
+    return {n: (min(t), statistics.median(t)) for n, t in times.items()}
+
+
+def bench_yolo(args, clock) -> None:
+    """Stock YOLOv8n vs the ViL cfg: fwd+bwd (train mode, batch --yolo-batch; time and peak memory) and batch-1
+    fused inference, each interleaved; ratios ViL / stock of the mins and of the medians."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    import ultra_vil.yolo  # noqa: F401  registers the ViL modules with Ultralytics' parser
+
+    def total(out):  # train-mode Detect returns a dict / list of tensors
+        if isinstance(out, torch.Tensor):
+            return out.float().sum()
+        return sum(total(o) for o in (out.values() if isinstance(out, dict) else out))
+
+    models = {}
+    for name, cfg in {"yolov8n": "yolov8n.yaml", "vil": args.yolo_cfg}.items():
+        torch.manual_seed(0)
+        models[name] = DetectionModel(cfg, nc=80, verbose=False)
+    size, batch = args.yolo_size, args.yolo_batch
+    x = torch.randn(batch, 3, size, size)
+
+    def train_step(model):
+        def run():
+            model.train()
+            for p in model.parameters():
+                p.grad = None
+            total(model(x)).backward()
+
+        return run
+
+    one = torch.rand(1, 3, size, size)
+
+    def infer_step(model):
+        def run():
+            with torch.inference_mode():
+                model(one)
+
+        return run
+
+    print(f"# {args.yolo_cfg} vs yolov8n.yaml at {size} px, {torch.get_num_threads()} threads, {args.rounds} rounds, "
+          f"{'CPU' if args.cpu_time else 'wall'} ms")
+    fused = {n: copy.deepcopy(m).fuse().eval() for n, m in models.items()}
+    res = interleaved({n: infer_step(m) for n, m in fused.items()}, args.rounds, clock)
+    print(f"| batch-1 fused inference | yolov8n {res['yolov8n'][0]:.1f} / {res['yolov8n'][1]:.1f} | vil "
+          f"{res['vil'][0]:.1f} / {res['vil'][1]:.1f} | {res['vil'][0] / res['yolov8n'][0]:.2f}x, "
+          f"{res['vil'][1] / res['yolov8n'][1]:.2f}x |", flush=True)
+    steps = {n: train_step(m) for n, m in models.items()}
+    res = interleaved(steps, args.rounds, clock)
+    mem = {n: peak_mem_mb(step, torch.device("cpu")) for n, step in steps.items()}
+    print(f"| fwd+bwd batch {batch} | yolov8n {res['yolov8n'][0]:.0f} / {res['yolov8n'][1]:.0f} | vil "
+          f"{res['vil'][0]:.0f} / {res['vil'][1]:.0f} | {res['vil'][0] / res['yolov8n'][0]:.2f}x, "
+          f"{res['vil'][1] / res['yolov8n'][1]:.2f}x |")
+    print(f"| peak memory fwd+bwd batch {batch} | yolov8n {mem['yolov8n']:.0f} MiB | vil {mem['vil']:.0f} MiB | "
+          f"{mem['vil'] / mem['yolov8n']:.2f}x |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dim", type=int, default=256)
@@ -81,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-attn", action="store_true", help="skip the transformer block")
     parser.add_argument("--no-grad", action="store_true", help="time forward only, under torch.no_grad")
     parser.add_argument("--profile", type=int, metavar="TOKENS", help="print a profile of our pair and stop")
+    parser.add_argument("--yolo", action="store_true",
+                        help="stock yolov8n vs --yolo-cfg: batch-1 fused inference and fwd+bwd at --yolo-batch")
+    parser.add_argument("--yolo-cfg", default="cfg/yolov8n-vil.yaml")
+    parser.add_argument("--yolo-size", type=int, default=640)
+    parser.add_argument("--yolo-batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time.process_time instead of wall time: the work done, on a machine others load "
@@ -89,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    if args.yolo:
+        return bench_yolo(args, clock)
 
     models = {"vil": (ViLBlockPair(args.dim), True)}
     if not args.no_attn:
@@ -129,7 +206,6 @@ def main(argv: list[str] | None = None) -> None:
             steps[n] = make_step(model, x, grid if is_vil else None, args.no_grad)
             steps[n]()  # warm-up
         times = {n: [] for n in names}
-        clock = time.process_time if args.cpu_time else time.perf_counter
         for _ in range(args.rounds):
             for n in names:
                 t0 = clock()
