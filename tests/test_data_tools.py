@@ -501,3 +501,23 @@ def test_nothing_is_lost_whatever_the_out_dir(voc, yolo_set, tmp_path):
     assert convert_dataset.main(["--check", str(sources["yolo"] / "data.yaml")]) == 0
     assert tree_hash(data) == before
     assert (tmp_path / "sibling" / MARKER).is_file()  # the sibling was written (and replaced) all along
+
+
+def test_a_symlink_inside_the_out_dir_cannot_send_writes_into_the_source(voc, tmp_path, capsys):
+    """An earlier output whose images/ the user replaced by a link to the source: --overwrite must write nothing
+    through it (before, the copies landed in the source's folder)."""
+    before = tree_hash(voc)
+    out = tmp_path / "out"
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 0
+    marker = json.loads((out / MARKER).read_text())
+    marker["files"] = {k: v for k, v in marker["files"].items() if not k.startswith("images/")}
+    (out / MARKER).write_text(json.dumps(marker))
+    for p in sorted((out / "images").rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    (out / "images").rmdir()
+    (out / "images").symlink_to(voc)
+    (voc / "train").mkdir()  # so that images/train/ exists through the link
+    before = tree_hash(voc)
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--overwrite"]) == 1
+    assert "leads outside" in _issues_text(capsys)
+    assert tree_hash(voc) == before and not any((voc / "train").iterdir())

@@ -247,11 +247,24 @@ def remove_written(folder: Path, marker: dict) -> None:
     (folder / MARKER).unlink()
 
 
-def check_free(paths: list[Path]) -> None:
-    """DatasetError unless no file exists at any of `paths` (the writer never replaces a file it did not write)."""
-    taken = [p for p in paths if os.path.lexists(p)]
-    if taken:
-        issues = Issues()
-        for p in taken[:20]:
+def check_free(folder: Path, paths: list[Path]) -> None:
+    """DatasetError unless every one of `paths` is free and stays inside `folder`.
+
+    Free: no file exists there (the writer never replaces a file it did not write). Inside: its nearest existing
+    folder resolves below `folder`, so a symlink put in the output (`images -> the source's images`) cannot send
+    a write into the source."""
+    real, issues = Path(folder).resolve(), Issues()
+    for p in paths:
+        if os.path.lexists(p):
             issues.error(p, None, "exists and was not written by this tool; not overwritten")
-        raise DatasetError(f"not written: {len(taken)} output path(s) hold files this tool did not write", issues)
+            continue
+        parent = p.parent  # below `folder`: the writer builds every path as folder / relative path
+        while parent != Path(folder) and not parent.exists():
+            parent = parent.parent
+        if parent != Path(folder) and not is_within(parent.resolve(), real):
+            issues.error(p, None, f"its folder {parent} leads outside {folder} (a symlink); not written")
+    if issues.errors:
+        n = len(issues.errors)
+        issues.errors = issues.errors[:20]
+        raise DatasetError(f"not written: {n} output path(s) hold files this tool did not write or lead outside "
+                           f"{folder}", issues)  # fmt: skip

@@ -146,7 +146,7 @@ def write_yolo(
             plan.append((split, k, f"images/{split}/{name}", f"labels/{split}/{Path(name).stem}.txt"))
     written = [rel for _, _, im, lab in plan for rel in (im, lab)] + ["data.yaml"]
     ours = set(earlier["files"]) if earlier else set()
-    check_free([out_dir / rel for rel in written if rel not in ours])
+    check_free(out_dir, [out_dir / rel for rel in written if rel not in ours])  # ours: checked by remove_written
     if earlier:
         remove_written(out_dir, earlier)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ def split_yolo_dataset(
     written = [f"{split}.txt" for split in ("train", "val", "test") if split != "test" or spec.splits.get("test")]
     written.append("data.yaml")
     ours = set(earlier["files"]) if earlier else set()
-    check_free([out_dir / rel for rel in written if rel not in ours])
+    check_free(out_dir, [out_dir / rel for rel in written if rel not in ours])  # ours: checked by remove_written
     if earlier:
         remove_written(out_dir, earlier)
     out_dir.mkdir(parents=True, exist_ok=True)
