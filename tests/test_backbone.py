@@ -154,6 +154,22 @@ def test_bad_backbone_arguments_name_the_yaml_layer(tmp_path):
             DetectionModel(str(path), nc=2, verbose=False)
 
 
+def test_other_failures_keep_their_traceback(monkeypatch):
+    """A failure that is not an argument problem comes out naming the layer, with the original error chained
+    (its traceback kept), not replaced."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from ultra_vil.yolo import YAMLLayerError
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(ViLBackbone, "__init__", broken)
+    with pytest.raises(YAMLLayerError, match=r"layer 0 \(ViLBackbone.*RuntimeError: out of memory") as info:
+        DetectionModel(str(FPN_T), nc=2, verbose=False)
+    assert isinstance(info.value.__cause__, RuntimeError) and info.value.__cause__.__traceback__ is not None
+
+
 def test_fpn_yamls_sizes():
     """Both YAMLs build with strides 8/16/32; their sizes stay near YOLOv8s (11.2M) and YOLOv8m (25.9M)."""
     from ultralytics.nn.tasks import DetectionModel

@@ -64,7 +64,14 @@ _MARK = "_ultra_vil_registered"
 
 
 class YAMLLayerError(ValueError):
-    """A model YAML names a ViL module with arguments it cannot take. Says which file, layer, module, argument."""
+    """A model YAML names a ViL module with arguments it cannot take. Says which file, layer, module, argument.
+
+    `argument_problem` is False when the module failed for another reason (then the original error is chained).
+    """
+
+    def __init__(self, message: str, argument_problem: bool = True) -> None:
+        super().__init__(message)
+        self.argument_problem = argument_problem
 
 
 def register(tasks: ModuleType | None = None) -> ModuleType:
@@ -231,9 +238,9 @@ def _with_layer_errors(patched: FunctionType, original: FunctionType) -> Functio
             clear = _layer_error(e, d, patched.__code__)
             if clear is None:
                 raise
-            if isinstance(e, ViLArgumentError):
+            if clear.argument_problem:
                 raise clear from None  # the message says it all; the traceback would point into parse_model
-            raise clear from e  # an unexpected failure: keep the original traceback
+            raise clear from e  # not an argument problem: keep the original traceback
 
     setattr(parse_model, _MARK, True)
     parse_model._ultra_vil_original = original
@@ -276,7 +283,7 @@ def _layer_error(e: Exception, d: dict, code) -> YAMLLayerError | None:
                     f"inserted c1 and n; argument(s) {extra} after '{params[-1]}' are not accepted"
                 )
             return YAMLLayerError(f"{where}: arguments {list(args)} do not fit {m.__name__}({', '.join(params)}): {e}")
-    return YAMLLayerError(f"{where}: {type(e).__name__}: {e}")
+    return YAMLLayerError(f"{where}: {type(e).__name__}: {e}", argument_problem=False)
 
 
 def _quote_plain_args(d: dict) -> dict:
