@@ -174,6 +174,27 @@ def test_causal():
         assert not torch.equal(h0[:, :, t], h1[:, :, t])  # the test can fail: step t itself does change
 
 
+@pytest.mark.parametrize("which", ["q", "k", "v", "igate", "fgate"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_is_causal(which, bad):
+    """A NaN or inf at step t (inside a chunk, one component of q / k / v, or a gate) leaves every output before t
+    bit-identical, as in the recurrence, and spoils step t itself (where the recurrence does)."""
+    ts, _ = make_inputs(1, 1, 40, 32, 32, False)
+    ts = [x.float().to(DEVICE) for x in ts]
+    h0, _ = mt.mlstm_triton(*ts, chunk_size=16)
+    t = 21  # the middle of the second chunk: rows above it share its tiles
+    j = ["q", "k", "v", "igate", "fgate"].index(which)
+    changed = [x.clone() for x in ts]
+    if j < 3:
+        changed[j][0, 0, t, 3] = bad
+    else:
+        changed[j][0, 0, t] = bad
+    h1, _ = mt.mlstm_triton(*changed, chunk_size=16)
+    assert torch.equal(h0[:, :, :t], h1[:, :, :t]), f"a {bad} in {which} at step {t} reached earlier outputs"
+    if not (which == "igate" and bad < 0 or which == "fgate" and bad > 0):  # -inf / +inf gates are valid inputs
+        assert not torch.isfinite(h1[:, :, t]).all()
+
+
 def test_continues_from_state():
     """Two calls chained through the returned state equal one call over the whole sequence (float32)."""
     ts, _ = make_inputs(1, 2, 45, 32, 32, False)

@@ -32,9 +32,12 @@ side (chunk tiles BL = max(16, next_pow2(chunk_size)); head dims tiled by BK / B
 3 tiles of 32 and 192 as 3 of 64), shapes are constexpr, loops run over constexpr or runtime scalars, and tails
 (S not a multiple of L, a chunk size that is not a power of two) are masked loads and stores, never padding copies.
 
-Limitation: a NaN or inf in k or v at step s can reach outputs at steps t < s of the same chunk (0 * inf inside a
-tile matmul), unlike the recurrence; finite inputs of any size (gate pre-activations up to +-1e4) are exact.
-Speed: unmeasured; no GPU was available when this was written (see the report in the README).
+Non-finite inputs stay causal as in the recurrence: a NaN or inf at step s spoils outputs s and later, never
+earlier ones (a step with a non-finite k or v enters as k = v = 0 with a NaN input gate, because 0 * NaN inside a
+tile matmul would otherwise reach the rows above it). Finite inputs of any size (gates up to +-1e4) stay finite.
+Speed: unmeasured (no GPU was available when this was written). Correctness is tested under the interpreter, and
+every kernel compiles for sm_90 (triton.compile with GPUTarget("cuda", 90, 32) needs no GPU); the tile choices in
+_Config come from those cubins' register and spill counts.
 
 Import is safe without triton: the kernels are built on first use (`triton.jit` reads TRITON_INTERPRET when it
 decorates, so building late also lets tests set it after some other module imported triton).
@@ -143,6 +146,7 @@ def _kernels(interpret: bool):
             p = S - 1 - t if REVERSE else t  # (BL,) position in memory: reverse traverses S-1 -> 0
             # masked steps neither write (i = -inf) nor forget (log f = 0)
             i = tl.load(I + bh * S + p, mask=valid, other=float("-inf"))  # (BL,)
+            kv_ok = valid & (i == i)  # noqa: PLR0124  (BL,) NaN gate: non-finite k or v, load as 0 (mlstm_triton)
             lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)  # (BL,)
             Fc = tl.cumsum(lf, 0)  # (BL,) decay from the chunk start to step tau, inclusive
             g = tl.sum(lf, 0)  # decay over the whole chunk
@@ -151,8 +155,8 @@ def _kernels(interpret: bool):
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing written yet: avoid -inf - -inf
             decay = tl.exp(g + m - m_ref)  # <= 1; 0 while the state is empty
             wk = tl.exp(a - m_ref) * scale  # (BL,) <= 1 (times the key scaling of the contract)
-            kt = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
-            vt = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
+            kt = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=kv_ok[:, None] & mk[None, :], other=0.0)
+            vt = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=kv_ok[:, None] & mv[None, :], other=0.0)
             kw = kt.to(tl.float32) * wk[:, None]  # (BL, BK)
             C = decay * C + tl.dot(tl.trans(kw.to(RT).to(CT)), vt.to(RT).to(CT), input_precision=PREC)  # (BK, BV)
             n = decay * n + tl.sum(kw, 0)  # (BK,)
@@ -180,6 +184,7 @@ def _kernels(interpret: bool):
         valid = (tau < L) & (t < S)
         p = S - 1 - t if REVERSE else t  # (BL,) position in memory: reverse traverses S-1 -> 0
         i = tl.load(I + bh * S + p, mask=valid, other=float("-inf"))
+        kv_ok = valid & (i == i)  # noqa: PLR0124  (BL,) NaN gate: non-finite k or v, load as 0 (mlstm_triton)
         lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)
         Fc = tl.cumsum(lf, 0)  # (BL,)
         st = bh * (NC + 1) + c
@@ -199,7 +204,9 @@ def _kernels(interpret: bool):
             mk = offk < DK
             mq = valid[:, None] & mk[None, :]  # (BL, BK)
             qt = tl.load(Q + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)  # (BL, BK)
-            kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)  # (BL, BK)
+            kk = tl.load(
+                K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq & kv_ok[:, None], other=0.0
+            )  # (BL, BK)
             Sqk += tl.dot(qt.to(RT).to(CT), tl.trans(kk.to(RT).to(CT)), input_precision=PREC)  # (BL, BL)
             Ct = tl.load(
                 CS + st * DK * DV + offk[:, None] * DV + offv[None, :], mask=mk[:, None] & mv[None, :], other=0.0
@@ -207,7 +214,7 @@ def _kernels(interpret: bool):
             qC += tl.dot(qt.to(RT).to(CT), Ct.to(RT).to(CT), input_precision=PREC)  # (BL, BV)
             nt = tl.load(NS + st * DK + offk, mask=mk, other=0.0)  # (BK,)
             qn += tl.sum(qt.to(tl.float32) * nt[None, :], 1)  # (BL,)
-        vt = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
+        vt = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=kv_ok[:, None] & mv[None, :], other=0.0)
         P = Sqk * scale * Dm  # (BL, BL)
         num = tl.dot(P.to(RT).to(CT), vt.to(RT).to(CT), input_precision=PREC) + w[:, None] * qC  # (BL, BV)
         den = tl.sum(P, 1) + w * qn  # (BL,)
@@ -293,6 +300,7 @@ def _kernels(interpret: bool):
         valid = (tau < L) & (t < S)
         p = S - 1 - t if REVERSE else t  # (BL,) position in memory: reverse traverses S-1 -> 0
         i = tl.load(I + bh * S + p, mask=valid, other=float("-inf"))
+        kv_ok = valid & (i == i)  # noqa: PLR0124  (BL,) NaN gate: non-finite k or v, load as 0 (mlstm_triton)
         lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)
         Fc = tl.cumsum(lf, 0)
         g = tl.sum(lf, 0)
@@ -315,14 +323,14 @@ def _kernels(interpret: bool):
             offk = kt * BK + tl.arange(0, BK)
             mq = valid[:, None] & (offk < DK)[None, :]
             qt = tl.load(Q + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
-            kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
+            kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq & kv_ok[:, None], other=0.0)
             Sqk += tl.dot(qt.to(RT).to(CT), tl.trans(kk.to(RT).to(CT)), input_precision=PREC)
         dPv = tl.zeros([BL, BL], dtype=tl.float32)
         for vt_i in range(NV):
             offv = vt_i * BV + tl.arange(0, BV)
             mdv = valid[:, None] & (offv < DV)[None, :]
             dht = tl.load(DH + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
-            vv = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+            vv = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv & kv_ok[:, None], other=0.0)
             dnum = dht.to(tl.float32) * invn[:, None]
             dPv += tl.dot(dnum.to(RT).to(CT), tl.trans(vv.to(RT).to(CT)), input_precision=PREC)  # (BL, BL)
         P = Sqk * scale * Dm  # (BL, BL)
@@ -339,7 +347,7 @@ def _kernels(interpret: bool):
                 offk = kt * BK + tl.arange(0, BK)
                 mk = offk < DK
                 kk = tl.load(
-                    K + (bh * S + p[:, None]) * DK + offk[None, :], mask=valid[:, None] & mk[None, :], other=0.0
+                    K + (bh * S + p[:, None]) * DK + offk[None, :], mask=kv_ok[:, None] & mk[None, :], other=0.0
                 )
                 dCt = tl.load(
                     DCS + (st + 1) * DK * DV + offk[:, None] * DV + offv[None, :],
@@ -355,7 +363,7 @@ def _kernels(interpret: bool):
             mk = offk < DK
             mq = valid[:, None] & mk[None, :]
             qt = tl.load(Q + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
-            kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq, other=0.0)
+            kk = tl.load(K + (bh * S + p[:, None]) * DK + offk[None, :], mask=mq & kv_ok[:, None], other=0.0)
             dq = tl.dot(dS.to(RT).to(CT), kk.to(RT).to(CT), input_precision=PREC) * scale  # (BL, BK)
             dk = tl.dot(tl.trans(dS.to(RT).to(CT)), qt.to(RT).to(CT), input_precision=PREC) * scale  # (BL, BK)
             aq = tl.zeros([BL, BK], dtype=tl.float32)
@@ -365,7 +373,7 @@ def _kernels(interpret: bool):
                 mv = offv < DV
                 mdv = valid[:, None] & mv[None, :]
                 dht = tl.load(DH + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
-                vv = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv, other=0.0)
+                vv = tl.load(V + (bh * S + p[:, None]) * DV + offv[None, :], mask=mdv & kv_ok[:, None], other=0.0)
                 dnum = dht.to(tl.float32) * invn[:, None]
                 ckv = offk[:, None] * DV + offv[None, :]
                 mkv = mk[:, None] & mv[None, :]
@@ -400,13 +408,15 @@ class _Config:
         #   warps spill 0-96 B (64-wide: 536-880 B; 16-wide: none, but every dot is then 16 deep)
         # - the two scans over chunks are sequential in S / L with little work per step: 32-wide state tiles give
         #   more programs at small batch * heads (B=8, NH=4, DH=64: 128 instead of 32), 4 warps, no spills
+        # - float32 (IEEE dots on CUDA cores, for validation more than speed): 32-wide forward tiles (64: 6 KB of
+        #   stack); its backward spills about 4 KB at any tile width tried (16, 32, 64)
         # Guesses until a GPU run times them; the smaller per-chunk tiles only cost re-reads of q, k, v tiles.
+        wide = 32 if dtype == torch.float32 else 64
         self.tiles = {
             "scan": (_tile(DK, 32), _tile(DV, 32), 4),
-            "fwd": (_tile(DK, 64), _tile(DV, 64), 8 if self.BL >= 64 else 4),
+            "fwd": (_tile(DK, wide), _tile(DV, wide), 8 if self.BL >= 64 else 4),
             "bwd": (_tile(DK, 32), _tile(DV, 32), 8 if self.BL >= 64 else 4),
         }
-        self.NC = -(-S // chunk_size)
         # every tl.dot operand is rounded to the input dtype `rt` and multiplied as `ct` (= rt) with float32
         # accumulation. TF32 would miss the float32 contract (1e-4 of float64), so float32 uses IEEE dots; half
         # types run on tensor cores either way. The interpreter (triton 3.8) multiplies bfloat16 tiles as their
@@ -611,6 +621,11 @@ def mlstm_triton(
         qf, kf, vf = (t.to(dtype).reshape(B * NH, S, t.shape[-1]).contiguous() for t in (q, k, v))
         i32 = igate.float().reshape(B * NH, S).contiguous()
         lf32 = F.logsigmoid(fgate.float()).reshape(B * NH, S).contiguous()  # the sigmoid gate in log space
+        # a non-finite key or value at step s would reach earlier outputs through 0 * NaN inside the tile matmuls;
+        # such steps get an input gate of NaN instead and the kernels load k = v = 0 there, so the NaN reaches
+        # exactly the outputs the recurrence spoils (s and later). Costs one read of k and v.
+        bad = ~torch.isfinite(kf.sum(-1, dtype=torch.float32) + vf.sum(-1, dtype=torch.float32))  # (B*NH, S)
+        i32 = i32.masked_fill(bad, float("nan"))
         h, C_end, n_end, m_end = _MLSTMTriton.apply(
             qf, kf, vf, i32, lf32, C0, n0, m0, chunk_size, float(eps), bool(reverse)
         )
