@@ -54,11 +54,15 @@ SKIP_VERSION_CHECK_ENV = "ULTRA_VIL_SKIP_VERSION_CHECK"
 # YAML name -> class. Every class here gets C2f's treatment (c1 inferred, c2 width-scaled, n as third argument).
 MODULES: dict[str, type[nn.Module]] = {"ViLStage": ViLStage, "ViLC2f": ViLC2f}
 MODULES.update({n: getattr(modules, n) for n in ("SequencerStage", "SequencerC2f", "VimStage", "VimC2f")})  # issue 13
+MODULES.update({n: getattr(modules, n) for n in ("ViLC3k2", "ViLC2PSA")})  # issue 12: YOLO11 / YOLO26
+# ...of which these also get C3k2's special case (`m is C3k2` in parse_model: c3k=True at m/l/x, non-legacy head)
+C3K2_MODULES: dict[str, type[nn.Module]] = {"ViLC3k2": modules.ViLC3k2}
 # YAML name -> class, names only: Ultralytics passes their arguments as written (like TorchVision's)
 PLAIN_MODULES: dict[str, type[nn.Module]] = {"ViLBackbone": ViLBackbone}
 
 _BASE_SET, _REPEAT_SET = "base_modules", "repeat_modules"  # the local names inside parse_model we extend
 _EXTRA_BASE, _EXTRA_REPEAT = "_ultra_vil_base_modules", "_ultra_vil_repeat_modules"  # our globals in tasks
+_C3K2_NAME, _EXTRA_C3K2 = "C3k2", "_ultra_vil_c3k2_modules"  # `m is C3k2` -> `... or m in <ours>`
 _LOOP_LOCALS = ("i", "m", "args")  # locals of parse_model's layer loop read when translating an error
 _MARK = "_ultra_vil_registered"
 
@@ -100,6 +104,7 @@ def register(tasks: ModuleType | None = None) -> ModuleType:
         setattr(tasks, name, cls)
     setattr(tasks, _EXTRA_BASE, frozenset(MODULES.values()))
     setattr(tasks, _EXTRA_REPEAT, frozenset(MODULES.values()))
+    setattr(tasks, _EXTRA_C3K2, frozenset(C3K2_MODULES.values()))
     if not getattr(tasks.parse_model, _MARK, False):
         patched = _recompile_parse_model(tasks)
         wrapper = _with_layer_errors(patched, tasks.parse_model)
@@ -123,6 +128,7 @@ def is_registered(tasks: ModuleType | None = None) -> bool:
         and all(tasks.__dict__.get(name) is cls for name, cls in {**MODULES, **PLAIN_MODULES}.items())
         and set(MODULES.values()) <= getattr(tasks, _EXTRA_BASE, frozenset())
         and set(MODULES.values()) <= getattr(tasks, _EXTRA_REPEAT, frozenset())
+        and set(C3K2_MODULES.values()) <= getattr(tasks, _EXTRA_C3K2, frozenset())
     )
 
 
@@ -185,6 +191,24 @@ class _ExtendModuleSets(ast.NodeTransformer):
             node.value = ast.BinOp(left=node.value, op=ast.BitOr(), right=ast.Name(id=extra, ctx=ast.Load()))
         return node
 
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        """`m is C3k2` -> `(m is C3k2 or m in _ultra_vil_c3k2_modules)`: ViLC3k2 gets C3k2's scale rule (issue 12)."""
+        self.generic_visit(node)
+        is_c3k2 = (
+            len(node.ops) == 1
+            and isinstance(node.ops[0], ast.Is)
+            and isinstance(node.left, ast.Name)
+            and node.left.id == "m"
+            and isinstance(node.comparators[0], ast.Name)
+            and node.comparators[0].id == _C3K2_NAME
+        )
+        if not is_c3k2:
+            return node
+        self.found[_C3K2_NAME] = self.found.get(_C3K2_NAME, 0) + 1
+        ours = ast.Compare(left=ast.Name(id="m", ctx=ast.Load()), ops=[ast.In()],
+                           comparators=[ast.Name(id=_EXTRA_C3K2, ctx=ast.Load())])  # fmt: skip
+        return ast.BoolOp(op=ast.Or(), values=[node, ours])
+
 
 def _recompile_parse_model(tasks: ModuleType) -> FunctionType:
     """Recompile the installed `tasks.parse_model` with our two extra module sets; see the module docstring."""
@@ -212,11 +236,12 @@ def _recompile_parse_model(tasks: ModuleType) -> FunctionType:
         raise RuntimeError(f"ultra-vil: {where} has no layer loop over {missing}; its internals changed")
     transformer = _ExtendModuleSets()
     transformer.visit(func)
-    if transformer.found != {_BASE_SET: 1, _REPEAT_SET: 1}:
+    if transformer.found != {_BASE_SET: 1, _REPEAT_SET: 1, _C3K2_NAME: 1}:
         raise RuntimeError(
             f"ultra-vil: expected exactly one assignment each to the local sets {_BASE_SET!r} and {_REPEAT_SET!r} "
-            f"in {where}, found {transformer.found}; Ultralytics' model parser changed, so the ViL modules cannot "
-            "get C2f's width and depth scaling. Use a supported Ultralytics version."
+            f"and one `m is {_C3K2_NAME}` test in {where}, found {transformer.found}; Ultralytics' model parser "
+            "changed, so the ViL modules cannot get C2f's / C3k2's width and depth scaling. Use a supported "
+            "Ultralytics version."
         )
     ast.fix_missing_locations(tree)
     namespace: dict = {}
