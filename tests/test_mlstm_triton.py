@@ -209,6 +209,25 @@ def test_continues_from_state():
         assert rel_err(a, b) < 1e-5
 
 
+def test_mlstm_backend_triton_runs_this_kernel():
+    """`mlstm(..., backend="triton")` (ultra_vil/mlstm.py) is this kernel, both traversal directions."""
+    ts, _ = make_inputs(1, 2, 30, 32, 32, False)
+    ts = [x.float().to(DEVICE) for x in ts]
+    for reverse in (False, True):
+        h = mlstm(*ts, backend="triton", chunk_size=16, reverse=reverse)
+        h_direct, _ = mt.mlstm_triton(*ts, chunk_size=16, reverse=reverse)
+        assert torch.equal(h, h_direct)
+
+
+def test_empty_sequence():
+    """S = 0: an empty output and the state handed in (or the empty state), as the other backends do."""
+    ts, _ = make_inputs(1, 2, 0, 32, 32, True)
+    h, st = mt.mlstm_triton(*[x.float() for x in ts[:5]], initial_state=ts[5:], return_state=True)
+    assert h.shape == (1, 2, 0, 32) and torch.equal(st.m, ts[7].float())
+    h, st = mt.mlstm_triton(*[x.float() for x in ts[:5]], return_state=True)
+    assert torch.isneginf(st.m).all() and not st.C.any()
+
+
 def test_rejects_bad_input():
     """float64 (use chunkwise), mismatched shapes and bad chunk sizes fail loudly."""
     ts, _ = make_inputs(1, 1, 4, 32, 32, False)
