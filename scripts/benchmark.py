@@ -38,6 +38,7 @@ import dataclasses
 import datetime
 import logging
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -66,7 +67,7 @@ class Preset:
     max_seconds: float = 30.0  # per comparison: stop adding rounds after this (but run min_rounds)
     mlstm_shape: tuple = (8, 4, 64)  # B, NH, DH
     mlstm_seqs: tuple = (196, 400, 1600, 6400)
-    recurrent_max_seq: int = 400
+    recurrent_max_seq: int = 196  # a Python loop of S steps: seconds per call already at 196 on 2 cores
     dispatch_seqs: tuple = (64, 128, 196, 256, 400, 576, 784, 1024)
     block_dim: int = 256
     block_sizes: tuple = (320, 640, 960, 1280)
@@ -80,7 +81,7 @@ class Preset:
 
 PRESETS = {
     "full": Preset(),
-    "quick": Preset(rounds=3, min_rounds=2, max_seconds=8.0, mlstm_seqs=(196, 400, 1600), recurrent_max_seq=196,
+    "quick": Preset(rounds=3, min_rounds=2, max_seconds=8.0, mlstm_seqs=(196, 400, 1600), recurrent_max_seq=64,
                     dispatch_seqs=(128, 256, 512), block_sizes=(320, 640), classifier_batch=2, yolo_size=320,
                     yolo_batch=2, latency_rounds=5),
     "tiny": Preset(rounds=2, min_rounds=1, warmup=1, max_seconds=2.0, mlstm_shape=(1, 2, 16), mlstm_seqs=(16, 40),
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "builds cfg/yolov8-vil.yaml at scale n)")  # fmt: skip
     p.add_argument("--classifier-batch", type=int, help="batch of the classifier section (default 8; 256 on CUDA)")
     p.add_argument("--yolo-batch", type=int, help="batch of the yolo fwd+bwd (default 4; 64 on CUDA)")
+    p.add_argument("--note", default="", help="appended to the report's header (e.g. which commit was measured)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads here and in the worker processes (default: torch's, the core count)")
     p.add_argument("--update-dispatch", action="store_true",
                    help=f"also write the measured thresholds to {B.DISPATCH_FILE.relative_to(REPO)} (what auto reads)")
     return p
@@ -574,6 +578,20 @@ def plot(rows, path: Path) -> None:
     plt.close(fig)
 
 
+def source_version() -> str:
+    """This checkout's commit (+ "dirty" with uncommitted changes), or "unknown" outside git."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}{' + uncommitted changes' if dirty else ''}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -581,6 +599,11 @@ def main(argv: list[str] | None = None) -> int:
     bad = sorted(set(only) - set(SECTIONS))
     if bad:
         raise SystemExit(f"error: --only: unknown section(s) {bad}; choose from {','.join(SECTIONS)}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"error: --threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the classifier section's worker processes inherit it
     try:
         device = measure.resolve_device(args.device)
     except measure.DeviceError as e:
@@ -594,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
     machine = f"{device} ({measure.device_name(device)}), {torch.get_num_threads()} threads"
     header = f"{machine}, torch {torch.__version__}, python {platform.python_version()}, preset {name}"
+    header += f", code {source_version()}" + (f", {args.note}" if args.note else "")
     LOGGER.info(header)
     t0 = time.perf_counter()
     notes: list[str] = []
