@@ -29,8 +29,10 @@ which would miss the 1e-4 contract; bf16 / fp16 use tensor cores. float64 inputs
 
 Real-GPU rules the interpreter does not enforce, kept here: every tl.dot operand is a power of two >= 16 on each
 side (chunk tiles BL = max(16, next_pow2(chunk_size)); head dims tiled by BK / BV with masks, so DK = 96 runs as
-3 tiles of 32 and 192 as 3 of 64), shapes are constexpr, loops run over constexpr or runtime scalars, and tails
-(S not a multiple of L, a chunk size that is not a power of two) are masked loads and stores, never padding copies.
+3 tiles of 32 and 192 as 3 of 64 or 6 of 32), shapes are constexpr, loops run over constexpr or runtime scalars, and
+tails (S not a multiple of L, a chunk size that is not a power of two) are masked loads and stores, never padding
+copies. `reverse=True` (the anti-causal traversal of ViL's odd blocks) addresses the tiles from the end instead of
+flipping tensors.
 
 Non-finite inputs stay causal as in the recurrence: a NaN or inf at step s spoils outputs s and later, never
 earlier ones (a step with a non-finite k or v enters as k = v = 0 with a NaN input gate, because 0 * NaN inside a
