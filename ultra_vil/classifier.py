@@ -7,7 +7,8 @@ Presets (`VARIANTS`) count blocks, not pairs: vil_t/vil_s/vil_b are 12 pairs (24
 29 (ViL-T+) and 26 (ViL-S+) blocks. With the defaults (224 px, patch 16, bilateral concat, 1000 classes) the
 parameter counts equal the reference VisionLSTM2: 6,390,760 / 23,397,160 / 89,260,456 for T / S / B.
 Checkpoints written by `save_checkpoint` hold a state dict and a plain config, so they load with
-`torch.load(weights_only=True)`.
+`torch.load(weights_only=True)`. The released VisionLSTM2 weights load too: `create_model("vil_t", legacy_norm=True,
+pretrained="vil2_tiny16_e800_in1k.th")` (names mapped by `ultra_vil.checkpoints`).
 """
 
 from __future__ import annotations
