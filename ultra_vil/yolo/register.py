@@ -114,6 +114,7 @@ def register(tasks: ModuleType | None = None) -> ModuleType:
             nn_pkg.parse_model = wrapper
     torch.serialization.add_safe_globals(module_classes())
     patch_optimizer_groups()
+    patch_yaml_lookup(tasks)
     return tasks
 
 
@@ -401,3 +402,57 @@ def patch_optimizer_groups() -> bool:
     build_optimizer._ultra_vil_original = original
     trainer_cls.build_optimizer = build_optimizer
     return True
+
+
+# ------------------------------------------------------------------------------------------- model YAMLs by name
+# `yolo train model=yolov8n-vil.yaml` from any folder (issue 12): Ultralytics' `yaml_model_load` resolves a model
+# YAML with `check_yaml(name, hard=False) or check_yaml(<name without the scale letter>)`, and check_yaml (via
+# check_file) takes an existing path as it is, else searches Ultralytics' own package folder. `tasks.check_yaml` is
+# wrapped to try our packaged YAMLs after both of those, for bare file names only (no folder part), so a local file
+# of the same name still wins (`./yolov8n-vil.yaml`, then `./yolov8-vil.yaml`), exactly as it does over stock names.
+_PATCHED_YAML = "_ultra_vil_yaml_lookup"
+
+
+def model_yaml_dirs() -> list:
+    """Folders holding the packaged model YAMLs: `ultra_vil/cfg` in a wheel (pyproject.toml force-includes the
+    repository's cfg/ there), else the repository's `cfg/` when ultra_vil runs from a checkout (editable install)."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1]  # .../ultra_vil
+    dirs = [package / "cfg"]
+    if (package.parent / "pyproject.toml").is_file():  # a source checkout, not site-packages
+        dirs.append(package.parent / "cfg")
+    return [d for d in dirs if d.is_dir()]
+
+
+def packaged_yaml(name) -> str | None:
+    """The packaged model YAML for a bare file name such as `yolov8-vil.yaml`, or None (also for any path with a
+    folder part, which must exist as given, as for stock names)."""
+    from pathlib import Path
+
+    path = Path(str(name))
+    if str(path.parent) != "." or path.suffix not in (".yaml", ".yml"):
+        return None
+    for d in model_yaml_dirs():
+        if (d / path.name).is_file():
+            return str(d / path.name)
+    return None
+
+
+def patch_yaml_lookup(tasks: ModuleType) -> None:
+    """Wrap `tasks.check_yaml` once so that `yaml_model_load` finds our packaged YAMLs by name (see above)."""
+    original = tasks.check_yaml
+    if getattr(original, _PATCHED_YAML, False):
+        return
+
+    @functools.wraps(original)
+    def check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
+        found = original(file, suffix, hard=False)  # an existing path, or a YAML inside Ultralytics' package
+        if found:
+            return found
+        ours = packaged_yaml(file)
+        return ours if ours is not None else original(file, suffix, hard=hard)  # stock error when hard
+
+    setattr(check_yaml, _PATCHED_YAML, True)
+    check_yaml._ultra_vil_original = original
+    tasks.check_yaml = check_yaml
