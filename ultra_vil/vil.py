@@ -433,8 +433,12 @@ class ViLLayer(nn.Module):
         H, W = grid
         if H * W + (cls_index is not None) != S:
             raise ValueError(f"ViLLayer: grid {tuple(grid)} does not hold {S} tokens")
-        x_m, z = self.proj_up(x).chunk(2, dim=-1)  # (B, S, E) each, views
-        E = x_m.shape[-1]
+        # proj_up as its two halves: x_m and z each come out contiguous (the conv then reads x_m without a copy,
+        # and backward adds two (B, S, D) input gradients instead of concatenating two (B, S, E) ones)
+        w, b = self.proj_up.weight, self.proj_up.bias
+        E = w.shape[0] // 2
+        x_m = F.linear(x, w[:E], None if b is None else b[:E])  # (B, S, E)
+        z = F.linear(x, w[E:], None if b is None else b[E:])  # (B, S, E)
         h = 0
         for j, direction in enumerate(self.directions):
             mixer = self.mixers[0 if self.shared else j]
