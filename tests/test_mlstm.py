@@ -244,6 +244,24 @@ def test_gradcheck_small():
         assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_state_scan_loop_equals_matmul(monkeypatch, reverse):
+    """The two ways of mixing chunk states (a loop over chunks above LOOP_MIN_CHUNKS, one matmul below) agree:
+    outputs, final state and all gradients including the initial state's, in float64."""
+    inputs = make_inputs(130, seed=21)
+    state = [t.detach() for t in reference(*make_inputs(5, seed=22))[1]]
+    results = []
+    for loop_min in (0, 10**9):
+        monkeypatch.setattr(mlstm_module, "LOOP_MIN_CHUNKS", loop_min)
+        leaves = [t.clone().requires_grad_() for t in inputs + state]
+        h, (C, n, m) = mlstm(*leaves[:5], backend="chunkwise", chunk_size=7, initial_state=leaves[5:],
+                             return_state=True, reverse=reverse)
+        (h.sum() + (C * torch.exp(m)[..., None, None]).sum() + n.sum()).backward()
+        results.append([h, C, n, m] + [t.grad for t in leaves])
+    for a, b in zip(*results):
+        assert rel_err(a, b) < 1e-12
+
+
 def test_padding_never_changes_results():
     """Chunk sizes that do not divide S (the end is padded) give the same numbers as ones that do."""
     q, k, v, i, f = make_inputs(130)
