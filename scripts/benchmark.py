@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "builds cfg/yolov8-vil.yaml at scale n)")  # fmt: skip
     p.add_argument("--classifier-batch", type=int, help="batch of the classifier section (default 8; 256 on CUDA)")
     p.add_argument("--yolo-batch", type=int, help="batch of the yolo fwd+bwd (default 4; 64 on CUDA)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
+                   help="no measuring: join the benchmark.csv of runs in DIR... (e.g. one per section) into --out-dir")
     p.add_argument("--note", default="", help="appended to the report's header (e.g. which commit was measured)")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads here and in the worker processes (default: torch's, the core count)")
@@ -592,9 +594,45 @@ def source_version() -> str:
     return f"{rev}{' + uncommitted changes' if dirty else ''}"
 
 
+NUMERIC = ("min_ms", "median_ms", "rounds", "peak_mem_mb", "throughput", "ratio_min", "ratio_median")
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    """Rows of a benchmark.csv with their numbers back (empty cells stay "")."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["x"] = int(r["x"])
+        for k in NUMERIC:
+            r[k] = "" if r[k] == "" else int(r[k]) if k == "rounds" else float(r[k])
+    return rows
+
+
+def merge(dirs: list[Path], out_dir: Path, note: str) -> int:
+    """One report from several runs (sections measured in separate processes, so that one failure loses one)."""
+    rows, headers, notes, dispatch = [], [], [], None
+    for d in dirs:
+        rows += read_csv_rows(d / "benchmark.csv")
+        md = d / "benchmark.md"
+        if md.is_file():
+            lines = md.read_text().splitlines()
+            headers.append(f"{d.name}: {lines[0].removeprefix('# Benchmark (').removesuffix(')')}")
+            notes += [x.removeprefix("Notes: ") for x in lines if x.startswith("Notes: ")]
+        if (d / "mlstm_dispatch.json").is_file():
+            dispatch = B.read_dispatch(d / "mlstm_dispatch.json")
+            B.write_dispatch(out_dir / "mlstm_dispatch.json", {k: v for k, v in dispatch.items() if k != "comment"},
+                             dispatch["comment"])  # fmt: skip
+    rows.sort(key=lambda r: SECTIONS.index(r["section"]))
+    header = f"merged from {len(dirs)} runs" + (f", {note}" if note else "")
+    write_outputs(rows, out_dir, header, (["runs: " + " | ".join(headers)] if headers else []) + notes, dispatch)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.merge:
+        return merge(args.merge, args.out_dir, args.note)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = sorted(set(only) - set(SECTIONS))
     if bad:

@@ -147,6 +147,14 @@ def test_sections_mlstm_dispatch_block_write_rows_csv_md_png(tmp_path):
     table = bench.read_dispatch(out / "mlstm_dispatch.json")
     assert set(table["cpu"]["float32"]) == {"parallel_max_seq", "triton_min_seq"}
     assert "measured by scripts/benchmark.py on cpu" in table["comment"]
+    # --merge rebuilds the same tables from the CSV (sections measured in separate runs make one report)
+    merged = tmp_path / "merged"
+    assert script.main(["--merge", str(out), "--out-dir", str(merged)]) == 0
+    assert read_rows(merged) == rows
+    merged_md = (merged / "benchmark.md").read_text()
+    assert merged_md.split("\n## mlstm")[1] == md.split("\n## mlstm")[1]
+    assert merged_md.split("## Targets")[1].split("Notes:")[0] == md.split("## Targets")[1].split("Notes:")[0]
+    assert bench.read_dispatch(merged / "mlstm_dispatch.json") == table
 
 
 def test_yolo_section_runs_and_reports_both_models(tmp_path):
