@@ -38,8 +38,8 @@ Non-finite inputs stay causal as in the recurrence: a NaN or inf at step s spoil
 earlier ones (a step with a non-finite k or v enters as k = v = 0 with a NaN input gate, because 0 * NaN inside a
 tile matmul would otherwise reach the rows above it). Finite inputs of any size (gates up to +-1e4) stay finite.
 Speed: unmeasured (no GPU was available when this was written). Correctness is tested under the interpreter, and
-every kernel compiles for sm_90 (triton.compile with GPUTarget("cuda", 90, 32) needs no GPU); the tile choices in
-_Config come from those cubins' register and spill counts.
+every kernel compiles for sm_90 without a GPU (`compile_report()`, also a test); the tile choices in _Config come
+from those cubins' register and spill counts.
 
 Import is safe without triton: the kernels are built on first use (`triton.jit` reads TRITON_INTERPRET when it
 decorates, so building late also lets tests set it after some other module imported triton).
@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["available", "check_on_device", "mlstm_triton"]
+__all__ = ["available", "check_on_device", "compile_report", "mlstm_triton"]
 
 triton = tl = None  # imported by _kernels() on first use, so importing this module never needs triton
 
@@ -726,3 +726,74 @@ def _compare_to_reference(B, NH, S, DK, DV, L, dtype, with_state, reverse, devic
         terms = (ref[9] * inputs[5]).abs().sum((-2, -1)) + (ref[10] * inputs[6]).abs().sum(-1)  # (B, NH)
         errs["dm0"] = ((got[11] - ref[11]).abs() / terms).max().item()
     return errs
+
+
+def compile_report(
+    arch: int = 90,
+    dtype: torch.dtype = torch.bfloat16,
+    DK: int = 64,
+    DV: int = 64,
+    chunk_size: int = 64,
+    reverse: bool = False,
+) -> dict[str, str]:
+    """Compile the four kernels for CUDA compute capability `arch` (90: H100 / H200) without a GPU or a driver.
+
+    The interpreter ignores what only the GPU compiler checks (tl.dot operand shapes and dtypes, layouts, register
+    allocation); this catches it on any machine with triton's bundled ptxas. Returns, per kernel, ptxas' resource
+    line (registers, stack = spills, shared memory) where cuobjdump is bundled too, else "compiled". Used by the
+    tests and to choose the tiles in _Config. Needs a process that imported triton without TRITON_INTERPRET=1:
+    triton's own jit helpers (cumsum's combine function, ...) pick interpreter or compiler at import.
+    """
+    import subprocess
+    import tempfile
+
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(tl.standard._sum_combine, InterpretedFunction):
+        raise RuntimeError("compile_report needs a process where triton was imported without TRITON_INTERPRET=1")  # noqa: TRY004
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"  # triton.jit decides interpreter or compiler when it decorates
+    try:
+        kernels = _kernels(False)
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+    cfg = _Config(4 * chunk_size, DK, DV, chunk_size, dtype, False, reverse)
+    io = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}[dtype]
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    report = {}
+    for fn, kind, flags in zip(
+        kernels, ("scan", "fwd", "scan", "bwd"), ({"HAS_INIT": True}, {}, {"HAS_DFIN": True}, {})
+    ):
+        consts = {**cfg.consts(kind), **flags}
+        num_warps = consts.pop("num_warps")
+        signature = {}
+        for name in fn.arg_names:
+            if name in consts:
+                signature[name] = "constexpr"
+            elif name in ("S", "NC"):
+                signature[name] = "i32"
+            elif name in ("scale", "eps"):
+                signature[name] = "fp32"
+            else:  # q, k, v, h, dh in the input dtype; gates, states and gradients in float32
+                signature[name] = io if name in ("Q", "K", "V", "H", "DH") else "*fp32"
+        compiled = triton.compile(
+            ASTSource(fn, signature, constexprs=consts),
+            target=GPUTarget("cuda", arch, 32),
+            options={"num_warps": num_warps},
+        )
+        line = "compiled"
+        if os.path.exists(cuobjdump):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "k.cubin")
+                with open(path, "wb") as f:
+                    f.write(compiled.asm["cubin"])
+                out = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=False)
+            line = next((row.strip() for row in out.stdout.splitlines() if "REG:" in row), "compiled")
+        report[fn.__name__] = line
+    return report
