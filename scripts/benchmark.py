@@ -11,7 +11,7 @@ Examples:
 Sections (--only picks some); every comparison is interleaved (A, B, A, B, ... in one process, or across worker
 processes for other checkouts) and reports the minimum and the median over rounds:
     mlstm       mLSTM backends (parallel, chunkwise, recurrent at small S, triton on CUDA, auto) vs PyTorch SDPA,
-                fwd+bwd, B=8 NH=4 DH=64, S = 196 ... 6400 (25600 on CUDA); time and peak memory
+                fwd+bwd, NH=4 DH=64, B=1 on CPU / 8 on CUDA, S = 196 ... 6400 (25600 on CUDA); time, peak memory
     dispatch    parallel vs chunkwise (vs triton) over an S grid per dtype: the thresholds of `auto`, written to
                 mlstm_dispatch.json; checks `auto` is within 10% of the fastest backend at every S
     block       ViLBlockPair(256) vs nn.TransformerEncoderLayer(256, 4, 1024, norm_first=True, batch_first=True),
@@ -65,7 +65,8 @@ class Preset:
     min_rounds: int = 3
     warmup: int = 1
     max_seconds: float = 30.0  # per comparison: stop adding rounds after this (but run min_rounds)
-    mlstm_shape: tuple = (8, 4, 64)  # B, NH, DH
+    mlstm_shape: tuple = (1, 4, 64)  # B, NH, DH of (a); CPU: B=1 (SDPA at S=6400, B=8 takes minutes per call)
+    dispatch_shape: tuple = (8, 4, 64)  # B, NH, DH of the dispatch grid (ViL-T at batch 8 runs B*NH = 32 rows)
     mlstm_seqs: tuple = (196, 400, 1600, 6400)
     recurrent_max_seq: int = 196  # a Python loop of S steps: seconds per call already at 196 on 2 cores
     dispatch_seqs: tuple = (64, 128, 196, 256, 400, 576, 784, 1024)
@@ -84,13 +85,14 @@ PRESETS = {
     "quick": Preset(rounds=3, min_rounds=2, max_seconds=8.0, mlstm_seqs=(196, 400, 1600), recurrent_max_seq=64,
                     dispatch_seqs=(128, 256, 512), block_sizes=(320, 640), classifier_batch=2, yolo_size=320,
                     yolo_batch=2, latency_rounds=5),
-    "tiny": Preset(rounds=2, min_rounds=1, warmup=1, max_seconds=2.0, mlstm_shape=(1, 2, 16), mlstm_seqs=(16, 40),
+    "tiny": Preset(rounds=2, min_rounds=1, warmup=1, max_seconds=2.0, mlstm_shape=(1, 2, 16),
+                   dispatch_shape=(1, 2, 16), mlstm_seqs=(16, 40),
                    recurrent_max_seq=40, dispatch_seqs=(8, 16, 32), block_dim=32, block_sizes=(64, 96),
                    classifier_img=32, classifier_batch=2,
                    classifier_kw=dict(dim=32, num_blocks=2, patch_size=8), yolo_size=64, yolo_batch=1,
                    latency_rounds=2),
 }  # fmt: skip
-CUDA_OVERRIDES = dict(mlstm_seqs=(196, 400, 1600, 6400, 25600), recurrent_max_seq=400,
+CUDA_OVERRIDES = dict(mlstm_shape=(8, 4, 64), mlstm_seqs=(196, 400, 1600, 6400, 25600), recurrent_max_seq=400,
                       dispatch_seqs=(64, 128, 196, 256, 400, 576, 784, 1024, 1600, 2304, 4096, 6400),
                       classifier_batch=256, yolo_batch=64)  # fmt: skip
 
@@ -216,7 +218,8 @@ def bench_mlstm(preset: Preset, device, triton: bool, notes: list[str]) -> list[
         res = compare(fns, preset, device)
         for name, r in res.items():
             mem = measure.peak_mem_mb(fns[name], device)
-            note = f"-> {auto_choice(S, device, dtype)}" if name == "auto" else (str(dtype) if name == "sdpa" else "")
+            note = f"B={Bsz} NH={NH} DH={DH} {B.dtype_name(dtype)}"
+            note += f", -> {auto_choice(S, device, dtype)}" if name == "auto" else ""
             rows.append(row("mlstm", name, S, r, mem, vs="sdpa", ratio=measure.ratios(res, name, "sdpa"), note=note))
             LOGGER.info("mlstm %-9s S=%5d min %9.2f ms median %9.2f ms  %7.1f MiB", name, S, r["min"], r["median"], mem)
         rows += [row("mlstm", name, S, note=why) for name, why in skipped.items()]
@@ -226,7 +229,7 @@ def bench_mlstm(preset: Preset, device, triton: bool, notes: list[str]) -> list[
 # --------------------------------------------------------------------------------------------- dispatch table
 def bench_dispatch(preset: Preset, device, triton: bool, notes: list[str]) -> tuple[list[dict], dict]:
     """Thresholds of `auto` per dtype from an interleaved grid; `auto` (as dispatched now) timed alongside."""
-    Bsz, NH, DH = preset.mlstm_shape
+    Bsz, NH, DH = preset.dispatch_shape
     dtypes = [torch.bfloat16, torch.float16, torch.float32] if device.type == "cuda" else [torch.float32]
     rows, measured = [], {}
     for dtype in dtypes:
@@ -671,8 +674,9 @@ def main(argv: list[str] | None = None) -> int:
         drows, measured = bench_dispatch(preset, device, triton, notes)
         rows += drows
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-        comment = (f"mlstm(backend='auto') thresholds, fwd+bwd B={preset.mlstm_shape[0]} NH={preset.mlstm_shape[1]} "
-                   f"DH={preset.mlstm_shape[2]}, preset {name}: measured by scripts/benchmark.py on {machine}, {stamp}")
+        shape = "B={} NH={} DH={}".format(*preset.dispatch_shape)
+        comment = (f"mlstm(backend='auto') thresholds, fwd+bwd {shape}, preset {name}: measured by "
+                   f"scripts/benchmark.py on {machine}, {stamp}")
         base = B.read_dispatch(B.DISPATCH_FILE)
         dispatch = B.write_dispatch(args.out_dir / "mlstm_dispatch.json", measured, comment, base)
         if args.update_dispatch:
