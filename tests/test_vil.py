@@ -247,3 +247,11 @@ def test_fused_output_gate_has_autograd_gradients(bias):
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(torch.autograd.grad(fused, inputs, g), torch.autograd.grad(plain, inputs, g)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("direction", ["row_fwd", "row_bwd"])
+def test_layer_equals_sequence_formulation_when_blocks_straddle_heads(direction):
+    """Head dim 6 with q/k/v blocks of 4 (YOLO widths allow it): a block may span two heads."""
+    layer = randomize(ViLLayer(12, (direction,)))  # E = 24, 4 heads of 6
+    x, grid = torch.randn(2, 15, 12), (3, 5)
+    torch.testing.assert_close(layer(x, grid), sequence_layer(layer, x, grid), rtol=1e-10, atol=1e-10)

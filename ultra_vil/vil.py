@@ -179,11 +179,6 @@ class MLSTMMixer(nn.Module):
             raise ValueError(f"inner dim {inner_dim} is not divisible by num_heads={num_heads}")
         if conv_kernel_size % 2 != 1:
             raise ValueError(f"conv_kernel_size must be odd (same-size 2D conv), got {conv_kernel_size}")
-        if (inner_dim // num_heads) % qkv_block_size:
-            raise ValueError(
-                f"head dim {inner_dim // num_heads} (inner dim {inner_dim} / {num_heads} heads) is not divisible by "
-                f"qkv_block_size={qkv_block_size}"
-            )
         self.num_heads = num_heads
         self.backend = backend
         self.chunk_size = chunk_size
@@ -212,8 +207,9 @@ class MLSTMMixer(nn.Module):
         x_c = F.silu(self._conv(x_m, grid, cls_index, reverse))  # (B, S, E)
         xc2, xm2 = x_c.reshape(B * S, E), x_m.reshape(B * S, E)  # views (x_m: rows of the proj_up output)
 
-        def heads(t: Tensor) -> Tensor:  # (NB, bs, B*S) = (NH, DH, B, S) -> (B, NH, S, DH), the cell's layout
-            # one copy: the cell's batched matmuls need (B, NH, chunk) to fold into one batch dim
+        def heads(t: Tensor) -> Tensor:  # (NB, bs, B*S) = (E, B*S) = (NH, DH, B, S) -> (B, NH, S, DH)
+            # one copy, into the cell's layout: its batched matmuls need (B, NH, chunk) to fold into one batch dim;
+            # a view of E as (NH, DH) whether or not a block straddles two heads
             return t.view(NH, E // NH, B, S).permute(2, 0, 3, 1).contiguous()
 
         q = heads(_headwise_t(xc2, self.q_proj.weight, self.q_proj.bias))
