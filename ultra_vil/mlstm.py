@@ -401,15 +401,18 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         del C_loc
 
         has_state = NC > 1 or C0 is not None  # else every chunk starts empty: no state terms to compute
-        h, den, m_t = _intra_forward(qc, kc, vc, row, col, lo, C_all[:, :, :NC], n_all[:, :, :NC],
-                                     m_all[..., :NC], eps, reverse, log_scale, out_dtype, has_state)
-        ctx.save_for_backward(qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t)
+        # one chunk (the parallel backend): the quadratic form's memory is O(S^2) anyway, so keep its two (S, S)
+        # matrices for backward instead of recomputing them (short sequences: speed matters more than memory)
+        keep = NC == 1
+        h, den, m_t, kept = _intra_forward(qc, kc, vc, row, col, lo, C_all[:, :, :NC], n_all[:, :, :NC],
+                                           m_all[..., :NC], eps, reverse, log_scale, out_dtype, has_state, keep)
+        ctx.save_for_backward(qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t, *kept)
         ctx.eps, ctx.reverse, ctx.skip, ctx.has_state = eps, reverse, skip, has_state
         return h, C_all[:, :, NC], n_all[:, :, NC], m_all[..., NC]
 
     @staticmethod
     def backward(ctx, dh, dC_fin, dn_fin, dm_fin):
-        qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t = ctx.saved_tensors
+        qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t, *kept = ctx.saved_tensors
         eps, reverse, skip, has_state = ctx.eps, ctx.reverse, ctx.skip, ctx.has_state
         B, NH, NC, L, DK = qc.shape
         acc = ic.dtype
@@ -431,7 +434,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         dm_t = dhh * (e_live / nrm - 1.0)  # (B, NH, NC, L)
 
         dq, dk, dv, dlogD_row, dlogD_col, dls, dC_in, dn_in, state_wins, idx = _intra_backward(
-            qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale, has_state
+            qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale, has_state, kept
         )
         # route dm_t to the argmax of its row: one step of the chunk, or the carried state
         dm_row = torch.where(state_wins, 0.0, dm_t)
@@ -514,20 +517,28 @@ def _mm(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
     return a.to(acc) @ b.to(acc)
 
 
-def _intra_forward(qc, kc, vc, row, col, lo, C_in, n_in, m_in, eps, reverse, log_scale, out_dtype, has_state=True):
-    """Outputs of every chunk: the (anti-)causal quadratic form inside it plus its entering state."""
+def _intra_forward(qc, kc, vc, row, col, lo, C_in, n_in, m_in, eps, reverse, log_scale, out_dtype, has_state=True,
+                   keep=False):
+    """Outputs of every chunk: the (anti-)causal quadratic form inside it plus its entering state.
+
+    Returns h, den, m_t and, with `keep`, (D, P, argmax of each row) for backward (else ())."""
     acc, mm = row.dtype, qc.dtype
     L = qc.shape[-2]
     logD = row[..., :, None] - row[..., None, :]  # (B, NH, NC, L, L)  decay t <- s
     logD += col[..., None, :]
     logD.masked_fill_(~_order_mask(L, L, reverse, qc.device), float("-inf"))
-    m_t = logD.amax(-1)  # (B, NH, NC, L)
+    if keep:
+        m_t, idx = logD.max(-1)  # (B, NH, NC, L)
+        mrow = m_t
+    else:
+        m_t = logD.amax(-1)  # (B, NH, NC, L)
     if has_state:
         ls = row + m_in[..., None]  # (B, NH, NC, L)  log weight of the entering state at step t
         m_t = torch.maximum(m_t, ls)
     m_ref = _finite_ref(m_t)
     D = logD.sub_((m_ref - log_scale)[..., None]).exp_()  # (B, NH, NC, L, L)  weights times 1/sqrt(DK)
     P = _mm(qc, kc.transpose(-2, -1), acc).mul_(D)  # (B, NH, NC, L, L)
+    kept = (D, P, idx, mrow) if keep else ()
     del D, logD
     den = P.sum(-1)  # (B, NH, NC, L)
     num = _mm(P.to(mm), vc, acc)  # (B, NH, NC, L, DV)
@@ -538,27 +549,31 @@ def _intra_forward(qc, kc, vc, row, col, lo, C_in, n_in, m_in, eps, reverse, log
         num = num.addcmul_(w[..., None], _mm(qc, C_in.to(mm), acc))
     nrm = torch.maximum(den.abs(), torch.exp((-m_t - lo).clamp(max=EXP_MAX[acc]))) + eps  # m_t + lo: the true m
     h = num.div_(nrm[..., None]).to(out_dtype)
-    return h, den, m_t
+    return h, den, m_t, kept
 
 
-def _intra_backward(qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale, has_state=True):
-    """Backward of `_intra_forward` with m_t held fixed; recomputes the (L, L) matrices."""
+def _intra_backward(qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale, has_state=True,
+                    kept=()):
+    """Backward of `_intra_forward` with m_t held fixed; recomputes the (L, L) matrices unless forward kept them."""
     acc, mm = row.dtype, qc.dtype
     L = qc.shape[-2]
-    logD = row[..., :, None] - row[..., None, :]
-    logD += col[..., None, :]
-    logD.masked_fill_(~_order_mask(L, L, reverse, qc.device), float("-inf"))
-    mrow, idx = logD.max(-1)  # (B, NH, NC, L)
+    m_ref = _finite_ref(m_t)
+    if kept:
+        D, P, idx, mrow = kept
+    else:
+        logD = row[..., :, None] - row[..., None, :]
+        logD += col[..., None, :]
+        logD.masked_fill_(~_order_mask(L, L, reverse, qc.device), float("-inf"))
+        mrow, idx = logD.max(-1)  # (B, NH, NC, L)
+        D = logD.sub_((m_ref - log_scale)[..., None]).exp_()  # (B, NH, NC, L, L)
+        del logD
+        P = _mm(qc, kc.transpose(-2, -1), acc).mul_(D)  # (B, NH, NC, L, L)
     ls = row + m_in[..., None]
     state_wins = ls > mrow
-    m_ref = _finite_ref(m_t)
-    D = logD.sub_((m_ref - log_scale)[..., None]).exp_()  # (B, NH, NC, L, L)
-    del logD
-    P = _mm(qc, kc.transpose(-2, -1), acc).mul_(D)  # (B, NH, NC, L, L)
     dnum_mm = dnum.to(mm)
     dv = _mm(P.to(mm).transpose(-2, -1), dnum_mm, acc)  # (B, NH, NC, L, DV)
     dP = _mm(dnum_mm, vc.transpose(-2, -1), acc).add_(dden[..., None])  # (B, NH, NC, L, L)
-    dlogD = P.mul_(dP)  # d/d logD = dP * P (masked entries: P = 0)
+    dlogD = P * dP if kept else P.mul_(dP)  # d/d logD = dP * P (masked entries: P = 0); kept ones stay intact
     dlogD_row, dlogD_col = dlogD.sum(-1), dlogD.sum(-2)
     del dlogD, P
     dS = dP.mul_(D).to(mm)  # (B, NH, NC, L, L)  d/d(q k^T)
