@@ -753,7 +753,8 @@ def compile_report(
     from triton.runtime.interpreter import InterpretedFunction
 
     if isinstance(tl.standard._sum_combine, InterpretedFunction):
-        raise RuntimeError("compile_report needs a process where triton was imported without TRITON_INTERPRET=1")  # noqa: TRY004
+        msg = "compile_report needs a process where triton was imported without TRITON_INTERPRET=1"
+        raise RuntimeError(msg)  # noqa: TRY004
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "0"  # triton.jit decides interpreter or compiler when it decorates
     try:
