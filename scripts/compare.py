@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", default="n", choices=list("nsmlx"), help="model scale for every model")
     parser.add_argument(
         "--models", nargs="*", default=["cfg/yolov8-vil.yaml"],
-        help="ViL model YAMLs without a scale letter (stock yolov8{scale} is always trained); none: stock only",
+        help="ViL model YAMLs without a scale letter (each one's stock baseline is always trained); none: stock only",
+    )
+    parser.add_argument(
+        "--baseline", default="auto",
+        help="stock model per ViL YAML: 'auto' (the YAML's generation at --scale: yolo11-vil.yaml -> yolo11{scale}), "
+        "or a generation for all of them (yolov8, yolo11, yolo26)",
     )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -132,7 +137,8 @@ def scaled_model(yaml_path: Path, scale: str) -> tuple[str, Path]:
     """
     m = re.fullmatch(r"(yolo(?:e-)?v?\d+)([nslmx]?)(.*)", yaml_path.stem)
     if not m:
-        raise SystemExit(f"error: {yaml_path}: the name must start with yolov8 (e.g. yolov8-vil.yaml) to be scaled")
+        raise SystemExit(f"error: {yaml_path}: the name must start with a YOLO generation (e.g. yolov8-vil.yaml, "
+                         "yolo11-vil.yaml) to be scaled")  # fmt: skip
     if m.group(2) and m.group(2) != scale:
         raise SystemExit(f"error: {yaml_path} names scale '{m.group(2)}' but --scale is '{scale}'; pass the "
                          f"unscaled YAML (e.g. {m.group(1)}{m.group(3)}.yaml)")  # fmt: skip
@@ -200,16 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     for sub in ("rows", "logs", "runs", "jobs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
-    # Models: stock first, then the ViL YAMLs at the same scale.
-    models = [{"tag": f"yolov8{args.scale}", "cfg": f"yolov8{args.scale}.yaml", "yaml": None}]
-    for m in args.models:
-        path = find_file(m)
-        if not path.is_file():
-            raise SystemExit(f"error: --models {m}: file not found")
-        tag, scaled = scaled_model(path, args.scale)
-        if any(x["tag"] == tag for x in models):
-            raise SystemExit(f"error: two models would both be called {tag}; rename one YAML")
-        models.append({"tag": tag, "cfg": str(scaled), "yaml": str(path), "weights": backbone_weights(path)})
+    # Models: the stock baselines first (one per generation in use, at --scale), then the ViL YAMLs at that scale.
+    models = pick_models(args.models, args.scale, args.baseline)
 
     settings = {
         "data": str(data), "data_sha": file_sha(data), "scale": args.scale, "epochs": args.epochs,
@@ -261,6 +259,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out / 'compare.csv'}, {out / 'compare.md'}, {out / 'compare.png'}", flush=True)
     print((out / "compare.md").read_text().split("\n## ")[0], flush=True)
     return 1 if failed else 0
+
+
+def pick_models(paths: list[str], scale: str, baseline: str = "auto") -> list[dict]:
+    """Stock baselines, then ViL models: {tag, cfg, yaml (None for stock), weights, baseline (ViL only)}.
+
+    `baseline` 'auto': each ViL YAML is compared with the stock model of its own generation and the scale
+    (cfg/yolo26-vil.yaml -> yolo26{scale}, cfg/yolov8-vil-p5.yaml -> yolov8{scale}); a generation name instead
+    (yolov8, yolo11, yolo26) compares every ViL YAML with that one. With no ViL YAML: stock yolov8{scale} alone.
+    """
+    from ultra_vil.yolo.compare import baseline_tag
+
+    if baseline != "auto" and not re.fullmatch(r"yolo(?:e-)?v?\d+", baseline):
+        raise SystemExit(f"error: --baseline {baseline!r}: 'auto' or a generation such as yolov8, yolo11, yolo26")
+    vil = []
+    for m in paths:
+        path = find_file(m)
+        if not path.is_file():
+            raise SystemExit(f"error: --models {m}: file not found")
+        tag, scaled = scaled_model(path, scale)
+        base = baseline_tag(tag) if baseline == "auto" else f"{baseline}{scale}"
+        if base is None:
+            raise SystemExit(f"error: {path}: no YOLO generation in its name for --baseline auto")
+        vil.append({"tag": tag, "cfg": str(scaled), "yaml": str(path), "weights": backbone_weights(path),
+                    "baseline": base})  # fmt: skip
+    bases = list(dict.fromkeys([m["baseline"] for m in vil] or [f"yolov8{scale}"]))
+    models = [{"tag": b, "cfg": f"{b}.yaml", "yaml": None} for b in bases]
+    for m in vil:
+        if any(x["tag"] == m["tag"] for x in models):
+            raise SystemExit(f"error: two models would both be called {m['tag']}; rename one YAML")
+        models.append(m)
+    return models
 
 
 def check_settings(path: Path, settings: dict) -> None:
@@ -522,8 +551,16 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
         data_shown = os.path.relpath(data_shown, REPO)
     split_counts = _split_counts(Path(settings["data"]))
     pretrained = ", ".join(f"{m['tag']} `{w}`" for m in models for w in m.get("weights") or [])
+    from ultra_vil.yolo.compare import compare_pair, verdict_lines
+
+    pairs = [(m["tag"], m.get("baseline") or models[0]["tag"]) for m in models if m.get("yaml", "") is not None
+             and m["tag"] != (m.get("baseline") or models[0]["tag"])]  # fmt: skip
+    comparisons = [compare_pair(rows, v, b) for v, b in pairs if by_model.get(v) and by_model.get(b)]
     lines = [
-        f"# YOLOv8{settings['scale']} vs YOLOv8{settings['scale']}-ViL on {data_name}",
+        f"# ViL vs stock YOLO at scale {settings['scale']} on {data_name}",
+        "",
+        *verdict_lines(comparisons),
+        "## Runs",
         "",
         f"Data: `{data_shown}`{split_counts}, {len(names)} class(es). "
         + (f"Pretrained ViL backbone weights: {pretrained}; everything else from scratch, " if pretrained else
@@ -550,16 +587,15 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
         f"Mean ± sample std over {n_seeds} seed(s)" + (" (one seed: no std)" if n_seeds == 1 else "") + ". "
         "`n/a`: see below.",
     ]
-    stock = by_model.get(models[0]["tag"], [])
-    for m in models[1:]:
-        rs = by_model.get(m["tag"], [])
+    for v, b in pairs:
+        rs, stock = by_model.get(v, []), by_model.get(b, [])
         if rs and stock:
             def mean(col, runs):
                 return mean_std([r[col] for r in runs])[0]
 
             dm = (mean("map50_95", rs) or 0) - (mean("map50_95", stock) or 0)
             ratio = mean("params", rs) / mean("params", stock)
-            lines.append(f"- {m['tag']} − {models[0]['tag']}: mAP50-95 {dm:+.3f}, params {ratio:.2f}x.")
+            lines.append(f"- {v} − {b}: mean mAP50-95 {dm:+.3f}, params {ratio:.2f}x (verdicts above).")
     cmd = "python scripts/compare.py " + " ".join(_quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     lines += ["", f"Reproduce by: `{cmd}`", ""]
 
@@ -636,11 +672,15 @@ def write_png(path: Path, rows: list[dict], tags: list[str]) -> None:
             if mean is None:
                 ax.text(i, 0, NA, ha="center", va="bottom")
                 continue
-            ax.bar(i, mean * scale, yerr=None if std is None else std * scale, color=colors[i % len(colors)], capsize=4)
+            ax.bar(i, mean * scale, yerr=None if std is None else std * scale, color=colors[i % len(colors)], capsize=4,
+                   alpha=0.45)  # fmt: skip
+            pts = [(int(r["seed"]), float(r[col]) * scale) for r in rows if r["model"] == tag and r[col] != NA]
+            for k, (_, y) in enumerate(sorted(pts)):  # every seed as a point, spread a little sideways
+                ax.plot(i + (k - (len(pts) - 1) / 2) * 0.08, y, "o", color="black", markersize=3.5)
         ax.set_title(title)
         ax.set_xticks(range(len(tags)), tags, rotation=20, ha="right", fontsize=8)
     n = len({r["seed"] for r in rows})
-    fig.suptitle(f"stock YOLOv8 vs YOLOv8-ViL: mean over {n} seed(s), error bars = std")
+    fig.suptitle(f"stock YOLO vs ViL: bars = mean over {n} seed(s), error bars = std, points = single seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
