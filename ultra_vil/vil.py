@@ -324,7 +324,8 @@ def norm_skip(h: Tensor, x_c: Tensor, norm: MultiHeadNorm, skip: Tensor) -> Tens
     The head norm is a LayerNorm over each head's DH features, run where h lies (B, NH, S, DH); GroupNorm of the
     token-major copy in MultiHeadNorm is the same function.
     """
-    hn = F.layer_norm(h, (h.shape[-1],), eps=norm.eps)  # (B, NH, S, DH)
+    # DH from the parameter and the module, not from h.shape: a traced shape breaks ONNX export
+    hn = F.layer_norm(h, (norm.weight.shape[0] // norm.num_heads,), eps=norm.eps)  # (B, NH, S, DH)
     return _affine_skip(hn, x_c, norm.weight, norm.bias, skip)
 
 
