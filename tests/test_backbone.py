@@ -255,8 +255,7 @@ def test_optimizer_groups_and_frozen_trunk(classifier, tmp_path):
 def test_yolo_cli_train_val_predict_export(classifier, tmp_path):
     """`yolo train` on the packaged YAML without weights and with the classifier's (ULTRA_VIL_BACKBONE_WEIGHTS), then
     `yolo val`, `yolo predict` and `yolo export format=onnx` on the second best.pt, each in a fresh interpreter;
-    the restricted loader reads best.pt; onnxruntime matches PyTorch (static export at 64 x 64, Ultralytics'
-    default; rectangular sizes are checked in PyTorch above)."""
+    the restricted loader reads best.pt; onnxruntime matches PyTorch at 64 x 64 and 64 x 96 (dynamic=True)."""
     ort = pytest.importorskip("onnxruntime")
     from ultralytics import YOLO
 
@@ -279,7 +278,7 @@ def test_yolo_cli_train_val_predict_export(classifier, tmp_path):
     images = data.parent / "images" / "val"
     run(yolo("predict", f"model={best}", f"source={images}", "imgsz=64", "device=cpu", "save=False",
              f"project={tmp_path / 'runs'}", "name=predict"), tmp_path)  # fmt: skip
-    run(yolo("export", f"model={best}", "format=onnx", "imgsz=64", "device=cpu"), tmp_path)  # static, as by default
+    run(yolo("export", f"model={best}", "format=onnx", "imgsz=64", "dynamic=True", "device=cpu"), tmp_path)
     onnx_path = best.with_suffix(".onnx")
     assert onnx_path.exists()
     from ultralytics.nn.tasks import torch_safe_load
@@ -290,12 +289,13 @@ def test_yolo_cli_train_val_predict_export(classifier, tmp_path):
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 3, 64, 64, generator=g)
-    with torch.no_grad():
-        ref = model(x)
-    ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).numpy()
-    out = session.run(None, {name: x.numpy()})[0]
-    assert out.shape == ref.shape
-    diff = float(np.abs(out - ref).max())
-    print(f"ONNX vs PyTorch at 64x64: max abs diff {diff:.3g} (outputs up to {np.abs(ref).max():.3g})")
-    assert diff < ONNX_MAX_ABS_DIFF
+    for h, w in ((64, 64), (64, 96)):  # dynamic axes: the trunk's grid and position embedding follow the input
+        x = torch.rand(2, 3, h, w, generator=g)
+        with torch.no_grad():
+            ref = model(x)
+        ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).numpy()
+        out = session.run(None, {name: x.numpy()})[0]
+        assert out.shape == ref.shape
+        diff = float(np.abs(out - ref).max())
+        print(f"ONNX vs PyTorch at {h}x{w}: max abs diff {diff:.3g} (outputs up to {np.abs(ref).max():.3g})")
+        assert diff < ONNX_MAX_ABS_DIFF
