@@ -301,8 +301,9 @@ class _NormSkipGate(torch.autograd.Function):
         ghn = gc4.mul_((1.0 + weight).view(NH, DH))  # (B, S, NH, DH)  d/d hn (gc is spent)
         # LayerNorm without affine: dh = rstd (ghn - mean(ghn) - hn mean(ghn hn)), over DH
         inner = ghn - ghn.mean(-1, keepdim=True) - hn * (ghn * hn).mean(-1, keepdim=True)
-        gh = torch.empty_like(h)  # (B, NH, S, DH), h's layout: the cell's backward wants it
-        torch.mul(inner, rstd_t, out=gh.transpose(1, 2))
+        # back in h's layout (B, NH, S, DH), which the cell's backward wants (no `out=` into a transposed view:
+        # dynamo refuses non-contiguous out= tensors)
+        gh = inner.mul_(rstd_t).transpose(1, 2).contiguous()
         return gh, gx_c, gz, gw, gbias, gskip, None
 
 
