@@ -299,3 +299,25 @@ def test_yolo_cli_train_val_predict_export(classifier, tmp_path):
         diff = float(np.abs(out - ref).max())
         print(f"ONNX vs PyTorch at {h}x{w}: max abs diff {diff:.3g} (outputs up to {np.abs(ref).max():.3g})")
         assert diff < ONNX_MAX_ABS_DIFF
+
+
+def test_compare_takes_the_fpn_yamls_and_their_weights(classifier, tmp_path, monkeypatch):
+    """scripts/compare.py: the -fpn YAMLs are models like any other (tag, baseline); the backbone weights they load
+    (YAML or ULTRA_VIL_BACKBONE_WEIGHTS) are part of the run's identity, so other weights train again; a named
+    file that is missing stops the comparison before any training."""
+    compare = load_script(ROOT / "scripts" / "compare.py")
+    monkeypatch.delenv("ULTRA_VIL_BACKBONE_WEIGHTS", raising=False)
+    models = compare.pick_models([str(FPN_T)], "s")
+    assert [m["tag"] for m in models] == ["yolov8s", "yolov8s-vilt-fpn"] and models[1]["weights"] == []
+    plain = compare.model_sha(FPN_T)
+    monkeypatch.setenv("ULTRA_VIL_BACKBONE_WEIGHTS", str(classifier))
+    assert compare.pick_models([str(FPN_T)], "s")[1]["weights"] == [str(classifier)]
+    with_weights = compare.model_sha(FPN_T)
+    assert with_weights.startswith(plain + "+") and with_weights != plain
+    other = tmp_path / "other.pt"
+    other.write_bytes(classifier.read_bytes() + b"\0")
+    monkeypatch.setenv("ULTRA_VIL_BACKBONE_WEIGHTS", str(other))
+    assert compare.model_sha(FPN_T) != with_weights
+    monkeypatch.setenv("ULTRA_VIL_BACKBONE_WEIGHTS", str(tmp_path / "absent.th"))
+    with pytest.raises(SystemExit, match="absent.th not found"):
+        compare.pick_models([str(FPN_T)], "s")
