@@ -74,7 +74,7 @@ def stride16_map(backbone: ViLBackbone, x: torch.Tensor) -> torch.Tensor:
         outs = backbone(x)
     finally:
         handle.remove()
-    B, _, H, W = x.shape
+    H, W = x.shape[-2:]
     assert [o.shape[-2:] for o in outs] == [(H // 8, W // 8), (H // 16, W // 16), (H // 32, W // 32)]
     return seen[0]
 

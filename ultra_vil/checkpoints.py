@@ -115,9 +115,7 @@ def official_to_vil2(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Released training-code names -> VisionLSTM2 names (the hub entry's rules, in their order)."""
     out = {}
     for key, value in state.items():
-        k = key.replace(".xlstm.", ".layer.")
-        if k.startswith("xlstm."):
-            k = k[len("xlstm.") :]
+        k = key.replace(".xlstm.", ".layer.").removeprefix("xlstm.")
         k = k.replace(".xlstm_norm.", ".norm.").replace(".conv1d.", ".conv.")
         m = re.match(r"blocks\.(\d+)\.(.*)", k)
         if m:
