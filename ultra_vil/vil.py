@@ -14,7 +14,16 @@ A ViL block is `x + DropPath(ViLLayer(LayerNorm(x)))`; a ViLLayer with D = dim a
     out = proj_down((h~ + learnable_skip * x_c) * SiLU(z))
 Traversal: a direction reorders the tokens before the mixer and restores the order after it. Row-wise from the
 bottom-right is the reversed row-major sequence, i.e. the grid rotated by 180 degrees, so the conv still sees a
-consistent image; column-wise orders transpose the grid to (W, H).
+consistent image; column-wise orders transpose the grid to (W, H). `to_direction` / `from_direction` write that
+reordering out; the layer itself never flips: a reversed order runs the cell backwards (`mlstm(reverse=True)`)
+and the conv with the 180-degree-rotated kernel on the map as it lies (only the column orders copy, to transpose).
+
+The forward pass computes those equations with fewer passes over the tokens (same parameters and state-dict
+names: checkpoints of commit 3c73528 load and give the same outputs, tests/fixtures): q, k, v leave their
+block-diagonal projections already in the cell's (B, NH, S, DH) layout; both gates are one projection of x_c
+plus one of x_m (their weight is folded with the q/k/v blocks at run time: no cat); the head norm runs where h
+lies and its transposition rides in the skip's multiply-add; in training, head norm, skip and output gate are
+one autograd Function that saves three (B, S, E) tensors per layer fewer than autograd would.
 """
 
 from __future__ import annotations
