@@ -184,13 +184,10 @@ def _triton(q, k, v, igate, fgate, chunk_size, eps, initial_state, return_state,
         raise RuntimeError("backend='triton' needs triton and a CUDA tensor, or TRITON_INTERPRET=1") from e
     if not mlstm_triton.available(q.device):
         raise RuntimeError("backend='triton' needs triton and a CUDA tensor, or TRITON_INTERPRET=1")
-    if reverse:  # the kernel only runs forward in time: flip around it
-        q, k, v, igate, fgate = (t.flip(2) for t in (q, k, v, igate, fgate))
-    h, last = mlstm_triton.mlstm_triton(
-        q, k, v, igate, fgate, chunk_size=chunk_size, eps=eps, initial_state=initial_state, return_state=return_state
+    h, last = mlstm_triton.mlstm_triton(  # reverse: the kernels read the tiles from the end (no flipped copies)
+        q, k, v, igate, fgate, chunk_size=chunk_size, eps=eps, initial_state=initial_state,
+        return_state=return_state, reverse=reverse,
     )
-    if reverse:
-        h = h.flip(2)
     return (h, last) if return_state else h
 
 
