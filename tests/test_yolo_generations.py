@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_yolo_cli import write_tiny_set, yolo, yolo_env
 
 import ultra_vil.yolo  # noqa: F401  registers
 from ultra_vil.yolo import register as reg
-from test_yolo_cli import write_tiny_set, yolo, yolo_env
 from ultra_vil.yolo.modules import ViLC2PSA, ViLC3k, ViLC3k2, ViLStage
 
 tasks = pytest.importorskip("ultralytics.nn.tasks")
@@ -105,7 +105,7 @@ def test_parser_without_c3k2_test_is_refused():
     def parse_model(d, ch, verbose=True):
         base_modules = frozenset()  # noqa: F841
         repeat_modules = frozenset()  # noqa: F841
-        for i, (f, n, m, args) in enumerate(d["backbone"]):  # noqa: B007  the loop locals register.py reads
+        for i, (f, n, m, args) in enumerate(d["backbone"]):
             pass
 
     fake.parse_model = parse_model
@@ -228,9 +228,7 @@ def test_cli_train_val_export_predict_by_name_from_another_folder(gen, tmp_path)
 
     from ultralytics import YOLO
 
-    model = YOLO(str(best)).model.float().fuse().eval()
-    if gen == "yolo26":
-        model.end2end = True  # the exporter's choice for an end-to-end head (nms not requested)
+    model = YOLO(str(best)).model.float().fuse().eval()  # default export (nms unset): the one-to-many outputs
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -242,3 +240,27 @@ def test_cli_train_val_export_predict_by_name_from_another_folder(gen, tmp_path)
     print(f"{gen}n-vil ONNX vs PyTorch: max abs diff {diff:.3g} (outputs up to {np.abs(ref).max():.3g})")
     assert diff < 1e-3
 
+
+
+def test_yolo26_end2end_export_matches_pytorch(tmp_path, monkeypatch):
+    """YOLO26-ViL exported with its end-to-end branch (`nms=False`: one-to-one head, top-k decode in the graph):
+    onnxruntime gives PyTorch's detection scores. Compared sorted: an untrained head ties many scores, and top-k
+    may order (or, at the cut, pick) tied candidates, i.e. their boxes, differently."""
+    ort = pytest.importorskip("onnxruntime")
+    from ultralytics import YOLO
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    yolo_model = YOLO("yolo26n-vil.yaml")
+    onnx_file = yolo_model.export(format="onnx", imgsz=64, device="cpu", nms=False)
+    model = yolo_model.model.float()
+    model.end2end = True  # before fuse, as the exporter does: fusing then drops the one-to-many branch
+    model = model.fuse().eval()
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)
+    ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).numpy()[0]  # (max_det, 6): x1 y1 x2 y2 score class
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0][0]
+    assert out.shape == ref.shape and ref.shape[-1] == 6
+    assert np.abs(np.sort(out[:, 4]) - np.sort(ref[:, 4])).max() < 1e-4
