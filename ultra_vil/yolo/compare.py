@@ -1,7 +1,10 @@
-"""The comparison's statistics: which stock model each ViL model is compared with, paired by-seed differences with a
-95% confidence interval, the verdict, and the cost ratios (scripts/compare.py writes them into compare.md).
+"""The comparison behind scripts/compare.py: stock YOLO vs ViL models under identical settings, with a verdict.
 
-Pure Python (no torch, no Ultralytics calls), so the verdict logic is tested on fixed CSVs in a second.
+scripts/compare.py parses the arguments and calls `run`; everything else is here: the model list (each ViL YAML with
+the stock model of its generation and scale), one job per (model, seed) in a fresh process (`python -m
+ultra_vil.yolo.compare --worker JOB`: train, validate, time), the statistics and the reports (compare.csv /
+compare.md / compare.png). Timing, peak memory and devices come from `ultra_vil.measure` (shared with the
+benchmark). The statistics (first section) are pure Python, tested on fixed CSVs.
 
 Why a paired t-interval, not a bootstrap: each seed trains both models on the same data order and augmentation,
 so the per-seed differences remove the seed-to-seed noise both share (on neon-trees two runs of one layout that
@@ -16,13 +19,30 @@ is no interval and nothing is claimed.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
+import os
+import platform
 import re
+import shutil
 import statistics
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 NA = "n/a"
+METRICS = ["map50", "map50_95", "precision", "recall"]
+COLUMNS = ["model", "seed", "params", "gflops", *METRICS, "latency_ms_torch", "latency_ms_onnx",
+           "train_s_per_epoch", "peak_mem_mb"]  # fmt: skip
+# Settings that change what a run computes: a row is reused only if all of them match.
+RUN_SETTINGS = ("data", "epochs", "img_size", "batch_size", "optimizer", "lr0", "device", "workers", "extra")
+# A source checkout (editable install): relative --data / --models paths also resolve against it, and reports show
+# paths inside it relative to it. None when ultra_vil is installed from a wheel.
+REPO = Path(__file__).resolve().parents[2] if (Path(__file__).resolve().parents[2] / "pyproject.toml").is_file() else None
 CONFIDENCE = 0.95
 DECIDING_METRIC = "map50_95"  # the verdict's metric (COCO's primary); mAP50's interval is reported beside it
 DIFF_METRICS = ("map50_95", "map50")
@@ -206,3 +226,600 @@ def verdict_lines(comparisons: list[Comparison]) -> list[str]:
         "",
     ]
     return lines
+
+
+# -------------------------------------------------------------------------------------------------------- jobs
+def parse_extra(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --extra expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    fixed = {"seed", "deterministic", "epochs", "imgsz", "batch", "optimizer", "lr0", "device", "workers", "data",
+             "project", "name", "exist_ok", "pretrained", "resume"}  # fmt: skip
+    clash = sorted(fixed & out.keys())
+    if clash:
+        raise SystemExit(f"error: --extra may not set {clash}: use the flags, or they are fixed by compare.py")
+    return out
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda:0' or 'cpu'; validates cpu / cuda / cuda:N / N (the rules of ultra_vil.measure)."""
+    from ultra_vil.measure import DeviceError
+    from ultra_vil.measure import resolve_device as resolve
+
+    try:
+        return str(resolve(device))  # 'cpu' or 'cuda:N': the form settings.json has always stored
+    except DeviceError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def find_file(path: str) -> Path:
+    p = Path(path)
+    if not p.exists() and not p.is_absolute() and REPO is not None and (REPO / p).exists():
+        p = REPO / p
+    return p.resolve()
+
+
+def scaled_model(yaml_path: Path, scale: str) -> tuple[str, Path]:
+    """(tag, path to hand to Ultralytics) for a ViL YAML at `scale`: .../yolov8-vil.yaml -> .../yolov8n-vil.yaml.
+
+    The scaled path does not exist; Ultralytics' yaml_model_load maps it back to the file (re.sub of
+    `(\\d+)([nslmx])(.+)?$` on the whole path) and takes the scale from the name. Checked here, since a folder
+    name such as `run1s/` would derail that substitution.
+    """
+    m = re.fullmatch(r"(yolo(?:e-)?v?\d+)([nslmx]?)(.*)", yaml_path.stem)
+    if not m:
+        raise SystemExit(f"error: {yaml_path}: the name must start with a YOLO generation (e.g. yolov8-vil.yaml, "
+                         "yolo11-vil.yaml) to be scaled")  # fmt: skip
+    if m.group(2) and m.group(2) != scale:
+        raise SystemExit(f"error: {yaml_path} names scale '{m.group(2)}' but --scale is '{scale}'; pass the "
+                         f"unscaled YAML (e.g. {m.group(1)}{m.group(3)}.yaml)")  # fmt: skip
+    stem = f"{m.group(1)}{scale}{m.group(3)}"
+    scaled = yaml_path.with_name(stem + yaml_path.suffix)
+    unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", str(scaled))
+    if unified != str(yaml_path) and not scaled.exists():
+        raise SystemExit(
+            f"error: Ultralytics would map {scaled} to {unified}, not to {yaml_path}, because a folder in the path "
+            "contains a number followed by n/s/m/l/x; move the YAML to a folder without one"
+        )
+    return stem, scaled
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def backbone_weights(yaml_path: Path) -> list[str]:
+    """The weights files the YAML's ViLBackbone rows load (ULTRA_VIL_BACKBONE_WEIGHTS overrides them, as in
+    ultra_vil.yolo.modules); a named file that does not exist is an error now, not in the worker."""
+    import yaml
+
+    from ultra_vil.yolo.modules import WEIGHTS_ENV
+
+    d = yaml.safe_load(yaml_path.read_text()) or {}
+    rows = [r for r in (d.get("backbone") or []) + (d.get("head") or []) if isinstance(r, list) and len(r) == 4]
+    found = []
+    for row in rows:
+        if row[2] != "ViLBackbone":
+            continue
+        args = row[3] if isinstance(row[3], list) else []
+        weights = os.environ.get(WEIGHTS_ENV) or (args[2] if len(args) > 2 else "")
+        if weights and str(weights).lower() != "none":
+            path = Path(str(weights)).expanduser()
+            if not path.is_file():
+                raise SystemExit(f"error: {yaml_path}: ViLBackbone weights {path} not found")
+            found.append(str(path))
+    return found
+
+
+def model_sha(yaml_path: Path) -> str:
+    """The YAML's sha, plus its backbone weights' (other weights: a new run, not a skipped one)."""
+    return "+".join([file_sha(yaml_path), *(file_sha(Path(w)) for w in backbone_weights(yaml_path))])
+
+
+# ------------------------------------------------------------------------------------------------------ parent
+
+
+def pick_models(paths: list[str], scale: str, baseline: str = "auto") -> list[dict]:
+    """Stock baselines, then ViL models: {tag, cfg, yaml (None for stock), weights, baseline (ViL only)}.
+
+    `baseline` 'auto': each ViL YAML is compared with the stock model of its own generation and the scale
+    (cfg/yolo26-vil.yaml -> yolo26{scale}, cfg/yolov8-vil-p5.yaml -> yolov8{scale}); a generation name instead
+    (yolov8, yolo11, yolo26) compares every ViL YAML with that one. With no ViL YAML: stock yolov8{scale} alone.
+    """
+    if baseline != "auto" and not re.fullmatch(r"yolo(?:e-)?v?\d+", baseline):
+        raise SystemExit(f"error: --baseline {baseline!r}: 'auto' or a generation such as yolov8, yolo11, yolo26")
+    vil = []
+    for m in paths:
+        path = find_file(m)
+        if not path.is_file():
+            raise SystemExit(f"error: --models {m}: file not found")
+        tag, scaled = scaled_model(path, scale)
+        base = baseline_tag(tag) if baseline == "auto" else f"{baseline}{scale}"
+        if base is None:
+            raise SystemExit(f"error: {path}: no YOLO generation in its name for --baseline auto")
+        vil.append({"tag": tag, "cfg": str(scaled), "yaml": str(path), "weights": backbone_weights(path),
+                    "baseline": base})  # fmt: skip
+    bases = list(dict.fromkeys([m["baseline"] for m in vil] or [f"yolov8{scale}"]))
+    models = [{"tag": b, "cfg": f"{b}.yaml", "yaml": None} for b in bases]
+    for m in vil:
+        if any(x["tag"] == m["tag"] for x in models):
+            raise SystemExit(f"error: two models would both be called {m['tag']}; rename one YAML")
+        models.append(m)
+    return models
+
+
+def run(args, argv: list[str] | None = None) -> int:
+    """The whole comparison for parsed scripts/compare.py arguments: train and measure every (model, seed) that
+    has no row yet, each in a fresh process, then write compare.csv / .md / .png. Returns 1 if a run failed."""
+    for flag in ("data", "out_dir"):
+        if getattr(args, flag) is None:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} is required")
+    if args.epochs < 1 or args.img_size < 32 or args.batch_size < 1 or args.latency_runs < 1:
+        raise SystemExit("error: --epochs, --batch-size, --latency-runs must be >= 1 and --img-size >= 32")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"error: --seeds repeats a seed: {args.seeds}")
+    extra = parse_extra(args.extra)
+    device = resolve_device(args.device)
+    data = find_file(args.data)
+    if not data.is_file():
+        raise SystemExit(f"error: --data {args.data} not found")
+    out = args.out_dir.resolve()
+    for sub in ("rows", "logs", "runs", "jobs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    # Models: the stock baselines first (one per generation in use, at --scale), then the ViL YAMLs at that scale.
+    models = pick_models(args.models, args.scale, args.baseline)
+
+    settings = {
+        "data": str(data), "data_sha": file_sha(data), "scale": args.scale, "epochs": args.epochs,
+        "img_size": args.img_size, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr0": args.lr0,
+        "device": device, "workers": args.workers, "extra": extra, "latency_runs": args.latency_runs,
+        "latency_warmup": args.latency_warmup, "onnx": not args.no_onnx,
+    }  # fmt: skip
+    check_settings(out / "settings.json", settings)
+    preflight(data, models, args.scale)
+
+    runs = [(m, s) for m in models for s in args.seeds]
+    failed: dict[tuple[str, int], str] = {}
+    for i, (model, seed) in enumerate(runs, start=1):
+        label = f"[{i}/{len(runs)}] {model['tag']} seed {seed}"
+        row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
+        yaml_sha = model_sha(Path(model["yaml"])) if model["yaml"] else "stock"
+        if row_file.is_file():
+            saved = json.loads(row_file.read_text())
+            if saved.get("yaml_sha") == yaml_sha:
+                print(f"{label}: done before, skipped ({row_file.relative_to(out)})", flush=True)
+                continue
+            print(f"{label}: {model['yaml']} (or its backbone weights) changed since its row was written: training "
+                  "again", flush=True)
+        print(f"{label}: training {args.epochs} epoch(s) at imgsz {args.img_size} on {device} ...", flush=True)
+        job = {**settings, "tag": model["tag"], "cfg": model["cfg"], "vil": model["yaml"] is not None,
+               "yaml_sha": yaml_sha, "seed": seed, "out_dir": str(out), "row_file": str(row_file)}  # fmt: skip
+        t0 = time.time()
+        ok, why = run_worker(job, out / "jobs" / f"{model['tag']}_seed{seed}.json",
+                             out / "logs" / f"{model['tag']}_seed{seed}.log", args.quiet)  # fmt: skip
+        if ok:
+            row = json.loads(row_file.read_text())["row"]
+            print(f"{label}: finished in {time.time() - t0:.0f} s: mAP50 {fmt(row['map50'])}, mAP50-95 "
+                  f"{fmt(row['map50_95'])}, train {fmt(row['train_s_per_epoch'])} s/epoch", flush=True)  # fmt: skip
+        else:
+            failed[(model["tag"], seed)] = why
+            print(f"{label}: FAILED: {why}", flush=True)
+
+    rows, notes, names = [], {}, []
+    for model, seed in runs:
+        row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
+        if (model["tag"], seed) not in failed and row_file.is_file():
+            saved = json.loads(row_file.read_text())
+            rows.append(saved["row"])
+            notes[(model["tag"], seed)] = saved.get("notes", {})
+            names = names or saved["names"]
+    write_csv(out / "compare.csv", rows, names)
+    write_md(out / "compare.md", rows, notes, failed, models, settings, names, argv, out)
+    write_png(out / "compare.png", rows, [m["tag"] for m in models])
+    print(f"wrote {out / 'compare.csv'}, {out / 'compare.md'}, {out / 'compare.png'}", flush=True)
+    print((out / "compare.md").read_text().split("\n## ")[0], flush=True)
+    return 1 if failed else 0
+
+
+def check_settings(path: Path, settings: dict) -> None:
+    """Rows in one out-dir must come from the same settings, or the comparison would mix apples and pears."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [k for k in (*RUN_SETTINGS, "data_sha", "latency_runs", "latency_warmup", "onnx")
+                if old.get(k) != settings.get(k)]  # fmt: skip
+        if diff:
+            lines = [f"  {k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff]
+            raise SystemExit(f"error: {path.parent} holds runs made with other settings:\n" + "\n".join(lines)
+                             + "\nuse another --out-dir (or delete that one)")  # fmt: skip
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def preflight(data: Path, models: list[dict], scale: str) -> None:
+    """Fail in seconds, not after hours: the data set is valid and every model builds at this scale."""
+    from ultra_vil.data.yolo_check import check_yolo_dataset
+
+    raw = data.read_text()
+    report = check_yolo_dataset(data, decode=False)
+    if not report.ok:
+        if "download:" in raw and any("not found" in i.message for i in report.issues.errors):
+            print(f"note: {data} is not on disk yet; Ultralytics will run its 'download' step", flush=True)
+        else:
+            print(report.format(20), flush=True)
+            raise SystemExit(f"error: {data} has errors (above); fix them or run scripts/convert_dataset.py --check")
+    elif report.issues.warnings:
+        print(f"{data}: {len(report.issues.warnings)} warning(s); see scripts/convert_dataset.py --check {data}")
+    if any(m["yaml"] for m in models):
+        register_vil(required=True)
+    from ultralytics import YOLO
+
+    for m in models:
+        try:
+            model = YOLO(m["cfg"], verbose=False)
+        except Exception as e:
+            raise SystemExit(f"error: cannot build {m['cfg']}: {type(e).__name__}: {e}") from e
+        built = model.model.yaml.get("scale")
+        if m["yaml"] and "scales" not in model.model.yaml:
+            print(f"warning: {m['yaml']} has no 'scales': it is built at one size whatever --scale says", flush=True)
+        elif built != scale:
+            raise SystemExit(f"error: {m['cfg']} was built at scale {built!r}, not {scale!r}")
+
+
+def register_vil(required: bool) -> bool:
+    """Import ultra_vil.yolo so that Ultralytics' parser knows the ViL modules (the .pth hook does it too)."""
+    try:
+        import ultra_vil.yolo  # noqa: F401
+    except ImportError as e:
+        if required:
+            raise SystemExit(
+                f"error: cannot import ultra_vil.yolo ({e}); ViL models need it. Install the package with "
+                "`pip install -e .` from the repository root."
+            ) from e
+        return False
+    return True
+
+
+def run_worker(job: dict, job_file: Path, log_file: Path, quiet: bool) -> tuple[bool, str]:
+    """Run one job in a fresh Python process; its output goes to log_file (and the console unless quiet)."""
+    job_file.write_text(json.dumps(job, indent=2))
+    Path(job["row_file"]).unlink(missing_ok=True)
+    for stale in (f"{job['tag']}_seed{job['seed']}", f"{job['tag']}_seed{job['seed']}_val"):
+        shutil.rmtree(Path(job["out_dir"]) / "runs" / stale, ignore_errors=True)  # an interrupted run starts afresh
+    cmd = [sys.executable, "-m", "ultra_vil.yolo.compare", "--worker", str(job_file)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        while chunk := proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
+            log.write(chunk)
+            if not quiet:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        rc = proc.wait()
+    if rc == 0 and Path(job["row_file"]).is_file():
+        return True, ""
+    tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+    return False, f"exit status {rc}; see {log_file}: " + " | ".join(x.strip()[:200] for x in tail)
+
+
+# ------------------------------------------------------------------------------------------------------ worker
+def worker(job: dict) -> int:
+    """Train, validate and time one (model, seed). Writes job['row_file'] last, atomically."""
+    import torch
+
+    from ultra_vil import measure
+
+    if job["vil"]:
+        register_vil(required=True)
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops
+
+    out = Path(job["out_dir"])
+    name = f"{job['tag']}_seed{job['seed']}"
+    yolo_device = measure.ultralytics_device(job["device"])
+    notes: dict[str, str] = {}
+
+    model = YOLO(job["cfg"])
+    epoch_times, t_start = [], [0.0]
+    model.add_callback("on_train_epoch_start", lambda trainer: t_start.__setitem__(0, time.perf_counter()))
+    model.add_callback("on_train_epoch_end", lambda trainer: epoch_times.append(time.perf_counter() - t_start[0]))
+    # CUDA: allocator peak above the start; CPU: the process's peak RSS (VmHWM, reset here) above its RSS now
+    with measure.peak_memory(job["device"]) as peak_mem:
+        model.train(
+            data=job["data"], epochs=job["epochs"], imgsz=job["img_size"], batch=job["batch_size"], seed=job["seed"],
+            deterministic=True, optimizer=job["optimizer"], lr0=job["lr0"], device=yolo_device,
+            workers=job["workers"], project=str(out / "runs"), name=name, exist_ok=True, pretrained=False,
+            plots=False, val=False, **job["extra"],
+        )  # fmt: skip
+    peak = peak_mem.mb
+    save_dir = Path(model.trainer.save_dir)
+    last = save_dir / "weights" / "last.pt"
+
+    trained = YOLO(last).model.float()  # the model as trained (nc of the data set), before BN fusion
+    params = sum(p.numel() for p in trained.parameters())
+    gflops = get_flops(trained, job["img_size"])
+    if not gflops:
+        gflops, notes["gflops"] = NA, "Ultralytics' get_flops (thop) failed on this model"
+
+    metrics = YOLO(last).val(
+        data=job["data"], imgsz=job["img_size"], batch=job["batch_size"], device=yolo_device, workers=job["workers"],
+        split="val", plots=False, project=str(out / "runs"), name=f"{name}_val", exist_ok=True,
+    )  # fmt: skip
+    box = metrics.box
+    names = [metrics.names[i] for i in sorted(metrics.names)]
+    row: dict[str, Any] = {
+        "model": job["tag"], "seed": job["seed"], "params": params, "gflops": round(gflops, 4) if gflops != NA else NA,
+        "map50": float(box.map50), "map50_95": float(box.map), "precision": float(box.mp), "recall": float(box.mr),
+    }  # fmt: skip
+
+    # Latency, batch 1: the fused fp32 model's forward (no pre/post-processing, no NMS), median after warm-up.
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, job["img_size"], job["img_size"])
+    net = YOLO(last).model.float().fuse().eval().to(job["device"])
+    row["latency_ms_torch"] = round(time_ms(lambda: net(x.to(job["device"])), job), 3)
+    if not job["onnx"]:
+        row["latency_ms_onnx"], notes["latency_ms_onnx"] = NA, "not measured (--no-onnx)"
+    else:
+        row["latency_ms_onnx"], why = onnx_latency(last, x.numpy(), job)
+        if why:
+            notes["latency_ms_onnx"] = why
+
+    row["train_s_per_epoch"] = round(statistics.median(epoch_times), 3) if epoch_times else NA
+    if not epoch_times:
+        notes["train_s_per_epoch"] = "no epoch finished"
+    row["peak_mem_mb"] = round(peak, 1) if peak is not None else NA
+    if peak is None:
+        notes["peak_mem_mb"] = "no peak-RSS reading on this OS (needs Linux /proc)"
+    present = {int(c): i for i, c in enumerate(box.ap_class_index)}
+    for c, n in enumerate(names):
+        row[f"ap50_{n}"] = float(box.all_ap[present[c], 0]) if c in present else NA
+    for c, n in enumerate(names):
+        row[f"ap50_95_{n}"] = float(box.all_ap[present[c]].mean()) if c in present else NA
+    absent = [n for c, n in enumerate(names) if c not in present]
+    if absent:
+        notes["per_class"] = f"no val instances of {absent}: their AP is n/a"
+
+    env = {
+        "torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__,
+        "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "device_name": measure.device_name(torch.device(job["device"])),
+        "epochs_timed": len(epoch_times), "save_dir": str(save_dir),
+    }  # fmt: skip
+    saved = {"row": row, "notes": notes, "names": names, "yaml_sha": job["yaml_sha"], "env": env}
+    from ultra_vil.checkpoints import atomic_write
+
+    atomic_write(job["row_file"], json.dumps(saved, indent=2))
+    return 0
+
+
+def time_ms(fn, job: dict) -> float:
+    """Median batch-1 latency in ms after the job's warm-up runs (ultra_vil.measure, CUDA synchronised)."""
+    import torch
+
+    from ultra_vil import measure
+
+    with torch.inference_mode():
+        return measure.time_ms(fn, job["device"], warmup=job["latency_warmup"], repeat=job["latency_runs"])
+
+
+def onnx_latency(last: Path, x, job: dict) -> tuple[float | str, str]:
+    """(median ms, "") or (n/a, why): Ultralytics' ONNX export of last.pt, run by ONNX Runtime on the CPU."""
+    try:
+        import onnxruntime as ort
+        import torch
+        from ultralytics import YOLO
+
+        onnx_file = YOLO(last).export(format="onnx", imgsz=job["img_size"], device="cpu", dynamic=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as the PyTorch CPU timing
+        session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(job["latency_warmup"]):
+            session.run(None, feed)
+        times = []
+        for _ in range(job["latency_runs"]):
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return round(statistics.median(times), 3), ""
+    except Exception as e:  # export or runtime failure: report it, keep the rest of the row
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = msg if len(msg) <= 200 else msg[:200] + " ..."
+        return NA, f"ONNX export or ONNX Runtime failed ({type(e).__name__}: {msg}); the full error is in the run's log"
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def write_csv(path: Path, rows: list[dict], names: list[str]) -> None:
+    columns = COLUMNS + [f"ap50_{n}" for n in names] + [f"ap50_95_{n}" for n in names]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({c: row.get(c, NA) for c in columns})
+
+
+def mean_std(values: list) -> tuple[float | None, float | None, int]:
+    nums = [float(v) for v in values if v != NA and v != ""]
+    if not nums:
+        return None, None, 0
+    return statistics.fmean(nums), (statistics.stdev(nums) if len(nums) > 1 else None), len(nums)
+
+
+def cell(values: list, digits: int = 3, scale: float = 1.0) -> str:
+    mean, std, n = mean_std(values)
+    if mean is None:
+        return NA
+    text = f"{mean * scale:.{digits}f}"
+    if std is not None:
+        text += f" ± {std * scale:.{digits}f}"
+    if n < len(values):
+        text += f" ({n} of {len(values)})"
+    return text
+
+
+TABLE = [  # (column, header, digits, scale)
+    ("params", "params (M)", 2, 1e-6), ("gflops", "GFLOPs", 2, 1.0), ("map50", "mAP50", 3, 1.0),
+    ("map50_95", "mAP50-95", 3, 1.0), ("precision", "precision", 3, 1.0), ("recall", "recall", 3, 1.0),
+    ("latency_ms_torch", "latency PyTorch (ms)", 1, 1.0), ("latency_ms_onnx", "latency ONNX RT CPU (ms)", 1, 1.0),
+    ("train_s_per_epoch", "train (s/epoch)", 1, 1.0), ("peak_mem_mb", "peak mem (MB)", 0, 1.0),
+]  # fmt: skip
+
+
+def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out: Path) -> None:
+    by_model = {m["tag"]: [r for r in rows if r["model"] == m["tag"]] for m in models}
+    env = {}
+    for row in rows[:1]:
+        env = json.loads((out / "rows" / f"{row['model']}_seed{row['seed']}.json").read_text()).get("env", {})
+    cuda = settings["device"].startswith("cuda")
+    data_name = Path(settings["data"]).name
+    data_shown = settings["data"]
+    if REPO is not None and Path(data_shown).is_relative_to(REPO):
+        data_shown = os.path.relpath(data_shown, REPO)
+    split_counts = _split_counts(Path(settings["data"]))
+    pretrained = ", ".join(f"{m['tag']} `{w}`" for m in models for w in m.get("weights") or [])
+    pairs = [(m["tag"], m.get("baseline") or models[0]["tag"]) for m in models if m.get("yaml", "") is not None
+             and m["tag"] != (m.get("baseline") or models[0]["tag"])]  # fmt: skip
+    comparisons = [compare_pair(rows, v, b) for v, b in pairs if by_model.get(v) and by_model.get(b)]
+    lines = [
+        f"# ViL vs stock YOLO at scale {settings['scale']} on {data_name}",
+        "",
+        *verdict_lines(comparisons),
+        "## Runs",
+        "",
+        f"Data: `{data_shown}`{split_counts}, {len(names)} class(es). "
+        + (f"Pretrained ViL backbone weights: {pretrained}; everything else from scratch, " if pretrained else
+           "From scratch (no pretrained weights), ")
+        + f"{settings['epochs']} epoch(s), imgsz {settings['img_size']}, batch {settings['batch_size']}, "
+        f"{settings['optimizer']} lr0={settings['lr0']}, deterministic, seeds "
+        f"{sorted({r['seed'] for r in rows})}; other train settings Ultralytics' defaults"
+        + (f" except {settings['extra']}" if settings["extra"] else "") + ". "
+        f"Device: {settings['device']} ({env.get('device_name', '?')}; PyTorch CPU threads: {env.get('threads', '?')}, "
+        "as Ultralytics sets them: min(8, cores - 1)); "
+        f"torch {env.get('torch', '?')}, ultralytics {env.get('ultralytics', '?')}.",
+        "",
+        "| model | " + " | ".join(h for _, h, _, _ in TABLE) + " |",
+        "|---" * (len(TABLE) + 1) + "|",
+    ]  # fmt: skip
+    for tag, rs in by_model.items():
+        if rs:
+            lines.append(f"| {tag} | " + " | ".join(cell([r[c] for r in rs], d, s) for c, h, d, s in TABLE) + " |")
+        else:
+            lines.append(f"| {tag} | " + " | ".join("failed" for _ in TABLE) + " |")
+    n_seeds = max((len(rs) for rs in by_model.values()), default=0)
+    lines += [
+        "",
+        f"Mean ± sample std over {n_seeds} seed(s)" + (" (one seed: no std)" if n_seeds == 1 else "") + ". "
+        "`n/a`: see below.",
+    ]
+    for v, b in pairs:
+        rs, stock = by_model.get(v, []), by_model.get(b, [])
+        if rs and stock:
+            def mean(col, runs):
+                return mean_std([r[col] for r in runs])[0]
+
+            dm = (mean("map50_95", rs) or 0) - (mean("map50_95", stock) or 0)
+            ratio = mean("params", rs) / mean("params", stock)
+            lines.append(f"- {v} − {b}: mean mAP50-95 {dm:+.3f}, params {ratio:.2f}x (verdicts above).")
+    cmd = "python scripts/compare.py " + " ".join(_quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    lines += ["", f"Reproduce by: `{cmd}`", ""]
+
+    lines += [
+        "## How each column was measured",
+        "- **mAP50, mAP50-95, precision, recall**: Ultralytics `val` of `last.pt` (EMA weights after the last "
+        "epoch; no checkpoint is chosen on the val split) on the data set's `val` split, imgsz "
+        f"{settings['img_size']}, batch {settings['batch_size']}, Ultralytics' defaults (conf 0.001, IoU 0.7).",
+        f"- **params, GFLOPs**: the model as built from its YAML (before BN fusion); GFLOPs at "
+        f"{settings['img_size']}x{settings['img_size']} by Ultralytics' `get_flops` (thop).",
+        f"- **latency**: batch 1, {settings['img_size']}x{settings['img_size']}, forward pass only of the fused fp32 "
+        f"model (no pre-processing, no NMS), median of {settings['latency_runs']} runs after "
+        f"{settings['latency_warmup']} warm-up runs. PyTorch on {settings['device']}; ONNX Runtime "
+        "(CPUExecutionProvider) on the CPU with as many threads as PyTorch uses, on the ONNX file that "
+        "Ultralytics' exporter writes from last.pt.",
+        "- **train (s/epoch)**: median over epochs of the training loop alone (from Ultralytics' "
+        "`on_train_epoch_start` to `on_train_epoch_end`; validation and checkpointing excluded).",
+        ("- **peak mem**: `torch.cuda.max_memory_allocated` during training minus what was allocated before it "
+         "(CUDA tensors only)." if cuda else
+         "- **peak mem**: CPU run, so no CUDA memory: the training process's peak resident memory (Linux VmHWM, "
+         "reset just before training) minus its resident memory then; dataloader worker processes "
+         f"(--workers {settings['workers']}) are not included."),
+        "",
+    ]  # fmt: skip
+    na_lines = []
+    for (tag, seed), ns in notes.items():
+        for col, why in ns.items():
+            na_lines.append(f"- {tag} seed {seed}, `{col}`: {why}")
+    if na_lines:
+        lines += ["## Notes and `n/a` values", *na_lines, ""]
+    if failed:
+        lines += ["## Failed runs (no row; rerun the same command to retry them)"]
+        lines += [f"- {tag} seed {seed}: {why}" for (tag, seed), why in failed.items()] + [""]
+    if names and rows:
+        lines += ["## AP50-95 per class (mean over seeds)", "", "| model | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 1) + "|"]  # fmt: skip
+        for tag, rs in by_model.items():
+            if rs:
+                lines.append(f"| {tag} | " + " | ".join(cell([r[f'ap50_95_{n}'] for r in rs]) for n in names) + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def _split_counts(data: Path) -> str:
+    try:
+        from ultra_vil.data.yolo_check import read_data_yaml
+
+        spec = read_data_yaml(data)
+        return " (" + ", ".join(f"{len(v)} {k}" for k, v in spec.splits.items()) + " images)"
+    except Exception:
+        return ""
+
+
+def _quote(a: str) -> str:
+    return a if re.fullmatch(r"[\w./:=+-]+", a) else json.dumps(a)
+
+
+def write_png(path: Path, rows: list[dict], tags: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("map50", "mAP50"), ("map50_95", "mAP50-95"), ("precision", "precision"), ("recall", "recall"),
+              ("latency_ms_torch", "latency PyTorch (ms)"), ("latency_ms_onnx", "latency ONNX RT CPU (ms)"),
+              ("train_s_per_epoch", "train (s/epoch)"), ("peak_mem_mb", "peak mem (MB)"),
+              ("params", "params (M)"), ("gflops", "GFLOPs")]  # fmt: skip
+    fig, axes = plt.subplots(2, 5, figsize=(18, 6.5))
+    colors = ["#7f7f7f"] + [plt.cm.tab10(i) for i in range(10)]
+    for ax, (col, title) in zip(axes.flat, panels):
+        scale = 1e-6 if col == "params" else 1.0
+        for i, tag in enumerate(tags):
+            mean, std, _ = mean_std([r[col] for r in rows if r["model"] == tag])
+            if mean is None:
+                ax.text(i, 0, NA, ha="center", va="bottom")
+                continue
+            ax.bar(i, mean * scale, yerr=None if std is None else std * scale, color=colors[i % len(colors)], capsize=4,
+                   alpha=0.45)  # fmt: skip
+            pts = [(int(r["seed"]), float(r[col]) * scale) for r in rows if r["model"] == tag and r[col] != NA]
+            for k, (_, y) in enumerate(sorted(pts)):  # every seed as a point, spread a little sideways
+                ax.plot(i + (k - (len(pts) - 1) / 2) * 0.08, y, "o", color="black", markersize=3.5)
+        ax.set_title(title)
+        ax.set_xticks(range(len(tags)), tags, rotation=20, ha="right", fontsize=8)
+    n = len({r["seed"] for r in rows})
+    fig.suptitle(f"stock YOLO vs ViL: bars = mean over {n} seed(s), error bars = std, points = single seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # a job process: python -m ultra_vil.yolo.compare --worker JOB.json
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        raise SystemExit("usage: python -m ultra_vil.yolo.compare --worker JOB.json (started by scripts/compare.py)")
+    sys.exit(worker(json.loads(Path(sys.argv[2]).read_text())))
