@@ -1,8 +1,8 @@
 """scripts/compare.py end to end on CPU: a tiny data set generated here (64 x 64 images with coloured boxes, built
-as COCO JSON and converted by scripts/convert_dataset.py), stock YOLOv8n + a ViL YAML, 1 seed, 1 epoch, 64 px.
+as COCO JSON and converted by scripts/convert_dataset.py), stock YOLOv8n + a ViL YAML, 2 seeds, 1 epoch, 64 px.
 
-Three trainings in all (about a minute on 2 cores): the comparison (2 models), then one more stock run for the
-reproducibility check. The rerun trains nothing.
+Five trainings in all (a few minutes on 2 cores): the comparison (2 models x 2 seeds, so the verdict section has
+an interval), then one more stock run for the reproducibility check. The rerun trains nothing.
 """
 
 import csv
@@ -30,7 +30,7 @@ def load_script(name):
 compare = load_script("compare")
 convert_dataset = load_script("convert_dataset")
 
-COMMON = ["--scale", "n", "--epochs", "1", "--seeds", "0", "--img-size", "64", "--batch-size", "4",
+COMMON = ["--scale", "n", "--epochs", "1", "--seeds", "0", "1", "--img-size", "64", "--batch-size", "4",
           "--device", "cpu", "--workers", "0", "--latency-runs", "3", "--latency-warmup", "1", "--quiet"]  # fmt: skip
 CLASSES = ["red", "green"]
 
@@ -98,7 +98,8 @@ def test_writes_csv_md_png_with_every_column_filled(first_run):
     assert rc == 0, "\n".join(p.read_text()[-3000:] for p in (out / "logs").glob("*.log"))
     rows = read_csv(out / "compare.csv")
     vil_tag = compare.scaled_model(vil, "n")[0]
-    assert [r["model"] for r in rows] == ["yolov8n", vil_tag]
+    assert [(r["model"], r["seed"]) for r in rows] == [("yolov8n", "0"), ("yolov8n", "1"), (vil_tag, "0"),
+                                                      (vil_tag, "1")]  # fmt: skip
     per_class = [f"ap50_{n}" for n in CLASSES] + [f"ap50_95_{n}" for n in CLASSES]
     assert list(rows[0]) == compare.COLUMNS + per_class
     for row in rows:
@@ -109,7 +110,10 @@ def test_writes_csv_md_png_with_every_column_filled(first_run):
             assert float(row[col]) > 0, (row["model"], col)
     assert int(rows[0]["params"]) == 3_011_238  # yolov8n with 2 classes, as Ultralytics builds it
     md = (out / "compare.md").read_text()
-    assert "| yolov8n | 3.01 |" in md and f"| {vil_tag} |" in md
+    assert "| yolov8n | 3.01 ± 0.00 |" in md and f"| {vil_tag} |" in md
+    verdict = md.split("## Verdicts\n\n", 1)[1].splitlines()[0]  # the report's first section (issue 12)
+    assert md.index("## Verdicts") < md.index("## Runs") and verdict.startswith(f"- **{vil_tag} vs yolov8n: ")
+    assert "95% paired t-interval] over 2 seed(s)" in verdict and " n/a" not in md.split("## Runs")[0]
     assert "Reproduce by: `python scripts/compare.py --data" in md
     assert "peak resident memory" in md  # says how memory was measured on CPU
     png = (out / "compare.png").read_bytes()
@@ -120,13 +124,13 @@ def test_rerun_skips_finished_work(first_run, tiny, capsys):
     out, _, vil = first_run
     _, data, _ = tiny
     watched = sorted(out.glob("rows/*.json")) + sorted(out.glob("runs/*/weights/last.pt"))
-    assert len(watched) == 4
+    assert len(watched) == 8
     before = {p: p.stat().st_mtime_ns for p in watched}
     capsys.readouterr()
     rc = compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--out-dir", str(out)])
     text = capsys.readouterr().out
     assert rc == 0
-    assert text.count("done before, skipped") == 2 and "training 1 epoch" not in text
+    assert text.count("done before, skipped") == 4 and "training 1 epoch" not in text
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     # Other settings in the same out-dir are refused rather than mixed into one table.
     with pytest.raises(SystemExit, match="epochs: 1 there, 2 now"):
@@ -137,7 +141,7 @@ def test_same_seed_same_settings_identical_stock_results(first_run, tiny):
     out, _, _ = first_run
     tmp, data, _ = tiny
     out2 = tmp / "cmp2"
-    assert compare.main(["--data", str(data), "--models", *COMMON, "--out-dir", str(out2)]) == 0
+    assert compare.main(["--data", str(data), "--models", *COMMON, "--seeds", "0", "--out-dir", str(out2)]) == 0
     a, b = read_csv(out / "compare.csv")[0], read_csv(out2 / "compare.csv")[0]
     assert a["model"] == b["model"] == "yolov8n"
     for col in ["params", "gflops", *compare.METRICS] + [f"ap50_95_{n}" for n in CLASSES]:
