@@ -141,7 +141,7 @@ def test_sections_mlstm_dispatch_block_write_rows_csv_md_png(tmp_path):
     assert all(float(r["peak_mem_mb"]) > 0 for r in rows if r["section"] == "block")
     md = (out / "benchmark.md").read_text()
     for heading in ("## Targets of issue 9", "## mlstm", "## dispatch", "## block", "peak memory, worst size",
-                    "`auto` vs the fastest backend"):  # fmt: skip
+                    "`auto`'s choice vs the fastest backend"):  # fmt: skip
         assert heading in md
     assert (out / "benchmark.png").stat().st_size > 10_000
     table = bench.read_dispatch(out / "mlstm_dispatch.json")
