@@ -12,6 +12,10 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    # the Triton interpreter's patching of triton.language is process-wide: in one full run, after the other test
+    # files, its kernels failed with "Cannot call @triton.jit'd outside of the scope of a kernel" (each file alone
+    # passes; the culprit is not yet isolated), so the kernel tests run first, on a fresh interpreter state
+    items.sort(key=lambda item: item.path.name != "test_mlstm_triton.py")  # stable: the rest keep their order
     for item in items:
         if "slow" in item.keywords and not config.getoption("--runslow"):
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
