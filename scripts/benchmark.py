@@ -82,7 +82,7 @@ class Preset:
 
 PRESETS = {
     "full": Preset(),
-    "quick": Preset(rounds=3, min_rounds=2, max_seconds=8.0, mlstm_seqs=(196, 400, 1600), recurrent_max_seq=64,
+    "quick": Preset(rounds=3, min_rounds=2, max_seconds=4.0, mlstm_seqs=(196, 400, 1600), recurrent_max_seq=64,
                     dispatch_seqs=(128, 256, 512), block_sizes=(320, 640), classifier_batch=2, yolo_size=320,
                     yolo_batch=2, latency_rounds=5),
     "tiny": Preset(rounds=2, min_rounds=1, warmup=1, max_seconds=2.0, mlstm_shape=(1, 2, 16),
