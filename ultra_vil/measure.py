@@ -172,12 +172,17 @@ def peak_mem_mb(fn: Callable[[], object], device: torch.device | str) -> float:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    # self_cpu_memory_usage: an op's own allocations (+) and frees (-), without its children's, so nothing is
-    # counted twice; summed in time order it is the live total
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    # the raw allocation events ([memory], +bytes / -bytes) in time order: the per-op self_cpu_memory_usage
+    # undercounts allocations made inside a custom autograd.Function (its frees are booked on the enclosing op),
+    # which is where the mLSTM's forward and backward run
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
     current = peak = 0
-    for e in events:
-        current += e.self_cpu_memory_usage
+    for _, nbytes in events:
+        current += nbytes
         peak = max(peak, current)
     return peak / 2**20
 
