@@ -1,7 +1,12 @@
 import os
 
-import pytest
-import torch
+# before anything imports triton (`import torch._dynamo` does, at collection): triton set up without the interpreter
+# cannot run the kernels of tests/test_mlstm_triton.py on CPU ("Cannot call @triton.jit'd outside of the scope of
+# a kernel"). On a GPU machine, TRITON_INTERPRET=0 runs those tests on CUDA instead.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never let Ultralytics try the network from a test
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
@@ -12,10 +17,6 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    # the Triton interpreter's patching of triton.language is process-wide: in one full run, after the other test
-    # files, its kernels failed with "Cannot call @triton.jit'd outside of the scope of a kernel" (each file alone
-    # passes; the culprit is not yet isolated), so the kernel tests run first, on a fresh interpreter state
-    items.sort(key=lambda item: item.path.name != "test_mlstm_triton.py")  # stable: the rest keep their order
     for item in items:
         if "slow" in item.keywords and not config.getoption("--runslow"):
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
