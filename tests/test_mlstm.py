@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torch.profiler import ProfilerActivity, profile
-
+from ultra_vil.measure import cpu_memory_mb
 from ultra_vil.mlstm import BACKENDS, PARALLEL_MAX_SEQ, mlstm, select_backend
 
 mlstm_module = importlib.import_module("ultra_vil.mlstm")  # the module (ultra_vil.mlstm is also the function)
@@ -345,25 +344,6 @@ def test_triton_backend_needs_the_kernel(monkeypatch):
     monkeypatch.setattr(mlstm_triton, "available", lambda device: False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         mlstm(*make_inputs(5, torch.float32), backend="triton")
-
-
-def cpu_memory_mb(fn):
-    """(peak, net at the end) of torch's CPU allocations while `fn` runs, in MiB, and fn's result.
-
-    From the profiler's raw allocation events in time order (the per-op 'self' memory undercounts allocations made
-    inside a custom autograd.Function, whose frees are booked on the enclosing event)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-    )
-    current = peak = 0
-    for _, nbytes in events:
-        current += nbytes
-        peak = max(peak, current)
-    return peak / 2**20, current / 2**20, out
 
 
 def memory_inputs(S, seed=0):

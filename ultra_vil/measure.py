@@ -158,6 +158,29 @@ def ratios(results: dict[str, dict], a: str, b: str) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------------------- memory
+def cpu_memory_mb(fn: Callable[[], object]) -> tuple[float, float, object]:
+    """(peak, net at the end) of torch's CPU allocations while `fn` runs, in MiB, and fn's result.
+
+    From the profiler's raw allocation events ([memory], +bytes / -bytes) in time order: the per-op
+    self_cpu_memory_usage undercounts allocations made inside a custom autograd.Function (its frees are booked on
+    the enclosing op), which is where the mLSTM's forward and backward run.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak / 2**20, current / 2**20, out
+
+
 def peak_mem_mb(fn: Callable[[], object], device: torch.device | str) -> float:
     """Peak memory allocated by torch while `fn` runs, above what was allocated before, in MiB."""
     device = torch.device(device)
@@ -168,23 +191,7 @@ def peak_mem_mb(fn: Callable[[], object], device: torch.device | str) -> float:
         fn()
         sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    # the raw allocation events ([memory], +bytes / -bytes) in time order: the per-op self_cpu_memory_usage
-    # undercounts allocations made inside a custom autograd.Function (its frees are booked on the enclosing op),
-    # which is where the mLSTM's forward and backward run
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-    )
-    current = peak = 0
-    for _, nbytes in events:
-        current += nbytes
-        peak = max(peak, current)
-    return peak / 2**20
+    return cpu_memory_mb(fn)[0]
 
 
 class PeakMemory:
