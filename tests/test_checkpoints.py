@@ -171,12 +171,15 @@ def test_unusable_files_are_errors_naming_the_file(tmp_path):
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "foreign.pt")  # a pickled module, as Ultralytics saves
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    cases = {"absent.pt": "no such file", "empty.pt": "0 bytes", "cut.pt": "truncated",
-             "foreign.pt": "weights_only", "other.pt": "not a ViL checkpoint"}  # fmt: skip
-    for name, cause in cases.items():
+    # foreign.pt: refused by weights_only loading, or - once a process has allow-listed torch.nn classes for
+    # torch.load, as the Ultralytics safe-load registration of other tests does - by the format check
+    cases = {"absent.pt": ("no such file",), "empty.pt": ("0 bytes",), "cut.pt": ("truncated",),
+             "foreign.pt": ("weights_only", "not a ViL checkpoint"), "other.pt": ("not a ViL checkpoint",)}  # fmt: skip
+    for name, causes in cases.items():
         with pytest.raises(CheckpointError) as info:
             create_model("vil_t", dim=16, num_blocks=2, img_size=32, num_classes=2, pretrained=tmp_path / name)
-        assert str(tmp_path / name) in str(info.value) and cause in str(info.value), (name, str(info.value))
+        message = str(info.value)
+        assert str(tmp_path / name) in message and any(c in message for c in causes), (name, message)
 
 
 def test_visionlstm_built_directly_records_its_config_and_round_trips(tmp_path):
