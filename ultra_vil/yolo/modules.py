@@ -126,7 +126,25 @@ class ViLStage(nn.Module):
         return seq.transpose(1, 2).reshape(B, C, H, W)  # (B, H*W, C) -> (B, C, H, W)
 
 
-class ViLC2f(nn.Module):
+class _MixerC2f(nn.Module):
+    """Shared body of ViLC2f, ViLC3k2, SequencerC2f and VimC2f: Ultralytics' C2f with stages as its bottlenecks.
+
+    A 1x1 Conv to 2c hidden channels (c = int(c2 * e)), split in two halves; each of the n inner stages transforms
+    the latest output; all 2 + n maps are concatenated and fused by a 1x1 Conv to c2."""
+
+    def _build(self, c1: int, c2: int, n: int, stages: list[nn.Module]) -> None:
+        self.c1, self.c2, self.n = c1, c2, n
+        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
+        self.cv2 = Conv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(stages)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = list(self.cv1(x).chunk(2, 1))  # 2 x (B, c, H, W)
+        y.extend(m(y[-1]) for m in self.m)  # + n x (B, c, H, W)
+        return self.cv2(torch.cat(y, 1))  # (B, (2 + n) * c, H, W) -> (B, c2, H, W)
+
+
+class ViLC2f(_MixerC2f):
     """C2f whose bottlenecks are ViL block pairs: (B, c1, H, W) -> (B, c2, H, W).
 
     As in Ultralytics' C2f: a 1x1 Conv to 2 * c hidden channels (c = int(c2 * e)), split in two halves; each of
@@ -164,15 +182,7 @@ class ViLC2f(nn.Module):
         if self.c < 1:
             raise ViLArgumentError(name, "e", e, f"large enough that int(c2 * e) >= 1 (c2={c2})")
         _check_width(name, "e", e, self.c, expansion, f"hidden channels int(c2 x e) = int({c2} x {e})")
-        self.c1, self.c2, self.n = c1, c2, n
-        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
-        self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(ViLStage(self.c, self.c, 1, expansion, drop_path) for _ in range(n))
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = list(self.cv1(x).chunk(2, 1))  # 2 x (B, c, H, W)
-        y.extend(m(y[-1]) for m in self.m)  # + n x (B, c, H, W)
-        return self.cv2(torch.cat(y, 1))  # (B, (2 + n) * c, H, W) -> (B, c2, H, W)
+        self._build(c1, c2, n, [ViLStage(self.c, self.c, 1, expansion, drop_path) for _ in range(n)])
 
 
 WEIGHTS_ENV = "ULTRA_VIL_BACKBONE_WEIGHTS"  # overrides every ViLBackbone's `weights` (a path, or "none")
@@ -407,24 +417,6 @@ class VimStage(_TokenStage):
         self.blocks = nn.ModuleList(
             VimBlock(c1, drop_path, expansion=expansion, state_size=state_size) for _ in range(2 * n)
         )
-
-
-class _MixerC2f(nn.Module):
-    """Shared body of SequencerC2f / VimC2f: Ultralytics' C2f with one-unit stages as its bottlenecks.
-
-    A 1x1 Conv to 2c hidden channels (c = int(c2 * e)), split in two halves; each of the n inner stages transforms
-    the latest output; all 2 + n maps are concatenated and fused by a 1x1 Conv to c2 (as ViLC2f)."""
-
-    def _build(self, c1: int, c2: int, n: int, stages: list[nn.Module]) -> None:
-        self.c1, self.c2, self.n = c1, c2, n
-        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
-        self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(stages)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = list(self.cv1(x).chunk(2, 1))  # 2 x (B, c, H, W)
-        y.extend(m(y[-1]) for m in self.m)  # + n x (B, c, H, W)
-        return self.cv2(torch.cat(y, 1))  # (B, (2 + n) * c, H, W) -> (B, c2, H, W)
 
 
 class SequencerC2f(_MixerC2f):
