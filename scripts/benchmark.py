@@ -14,8 +14,8 @@ processes for other checkouts) and reports the minimum and the median over round
                 fwd+bwd, NH=4 DH=64, B=1 on CPU / 8 on CUDA, S = 196 ... 6400 (25600 on CUDA); time, peak memory
     dispatch    parallel vs chunkwise (vs triton) over an S grid per dtype: the thresholds of `auto`, written to
                 mlstm_dispatch.json; checks `auto` is within 10% of the fastest backend at every S
-    block       ViLBlockPair(256) vs nn.TransformerEncoderLayer(256, 4, 1024, norm_first=True, batch_first=True),
-                batch 1, image 320 ... 1280 px at stride 16 (400 ... 6400 tokens), fwd+bwd time and peak memory
+    block       ViLBlockPair(256), SequencerBlock(256) and two VimBlock(256) (each mixer's unit of one YOLO slot) vs
+                nn.TransformerEncoderLayer(256, 4, 1024, norm_first=True, batch_first=True), batch 1, image 320 ... 1280 px at stride 16 (400 ... 6400 tokens), fwd+bwd time and peak memory
     classifier  ViL-T at 224 px, batch 8: training step (fwd + bwd + AdamW) and inference, img/s; this checkout vs
                 --baseline-src (another ultra-vil checkout) vs --official-src (a folder holding NX-AI's
                 `vision_lstm` package), each in its own worker process, rounds interleaved across them
@@ -256,12 +256,18 @@ def bench_dispatch(preset: Preset, device, triton: bool, notes: list[str]) -> tu
 
 # ------------------------------------------------------------------------------------------------ (b) block
 def bench_block(preset: Preset, device) -> list[dict]:
-    """(b) ViLBlockPair(dim) vs PyTorch's pre-norm transformer layer, batch 1, tokens at stride 16, fwd+bwd."""
+    """(b) ViLBlockPair(dim) and the other mixers' units of the same YOLO slot (one SequencerBlock, two VimBlocks:
+    what SequencerC2f / VimC2f hold per ViL pair) vs PyTorch's pre-norm transformer layer, batch 1, tokens at
+    stride 16, fwd+bwd."""
+    from ultra_vil.sequencer import SequencerBlock
     from ultra_vil.vil import ViLBlockPair
+    from ultra_vil.vim import VimBlock
 
     D = preset.block_dim
     torch.manual_seed(0)
     vil = ViLBlockPair(D).to(device)
+    seq = SequencerBlock(D).to(device)
+    vim = torch.nn.ModuleList([VimBlock(D), VimBlock(D)]).to(device)
     tr = B.transformer_block(D).to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     rows = []
@@ -278,7 +284,10 @@ def bench_block(preset: Preset, device) -> list[dict]:
 
             return run
 
-        fns = {"vil_pair": step(lambda x=x, grid=(H, W): vil(x, grid)), "transformer_layer": step(lambda x=x: tr(x))}
+        fns = {"vil_pair": step(lambda x=x, grid=(H, W): vil(x, grid)),
+               "sequencer_block": step(lambda x=x, grid=(H, W): seq(x, grid)),
+               "vim_pair": step(lambda x=x, grid=(H, W): vim[1](vim[0](x, grid), grid)),
+               "transformer_layer": step(lambda x=x: tr(x))}  # fmt: skip
         res = compare(fns, preset, device)
         mems = {name: measure.peak_mem_mb(fn, device) for name, fn in fns.items()}
         for name, r in res.items():
@@ -502,6 +511,26 @@ def targets(rows) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def mixer_table(sec: list[dict]) -> list[str]:
+    """Where each mixer's slot unit is cheaper than the transformer layer: time (min) and peak-memory ratios."""
+    sizes = sorted({r["x"] for r in sec})
+    names = [n for n in dict.fromkeys(r["name"] for r in sec) if n != "transformer_layer"]
+    lines = ["Each mixer against the transformer layer (time: min/min, memory: peak/peak; < 1 = cheaper than "
+             "attention):", "", "| mixer | " + " | ".join(f"{px} px ({(px // 16) ** 2} tok)" for px in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]  # fmt: skip
+    for name in names:
+        cells = []
+        for px in sizes:
+            r, t = _get(sec, "block", name, px), _get(sec, "block", "transformer_layer", px)
+            if not (r and t and r["ratio_min"] != ""):
+                cells.append("n/a")
+                continue
+            mem = r["peak_mem_mb"] / t["peak_mem_mb"] if r["peak_mem_mb"] and t["peak_mem_mb"] else float("nan")
+            cells.append(f"time {r['ratio_min']:.2f}x, memory {mem:.2f}x")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def auto_choice_row(rows, auto_row) -> dict | None:
     """The dispatch row of the backend that `auto` ran at the same S and dtype (from the note "-> backend ...")."""
     note = auto_row["note"]
@@ -547,6 +576,8 @@ def write_outputs(rows, out_dir: Path, header: str, notes: list[str], dispatch: 
                                  f"{c['ratio_min']} | {c['ratio_median']} | {ok} (min) | {r['ratio_min']} | "
                                  f"{r['ratio_median']} |")  # fmt: skip
             lines.append("")
+        if section == "block":
+            lines += mixer_table(sec)
         if section == "dispatch" and dispatch:
             lines += ["Measured thresholds (`mlstm_dispatch.json`):", "", "```json",
                       __import__("json").dumps(dispatch, indent=2), "```", ""]  # fmt: skip
