@@ -269,6 +269,7 @@ def bench_block(preset: Preset, device) -> list[dict]:
     seq = SequencerBlock(D).to(device)
     vim = torch.nn.ModuleList([VimBlock(D), VimBlock(D)]).to(device)
     tr = B.transformer_block(D).to(device)
+    tr0 = B.transformer_block(D, dropout=0.0).to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     rows = []
     for size in preset.block_sizes:
@@ -287,7 +288,8 @@ def bench_block(preset: Preset, device) -> list[dict]:
         fns = {"vil_pair": step(lambda x=x, grid=(H, W): vil(x, grid)),
                "sequencer_block": step(lambda x=x, grid=(H, W): seq(x, grid)),
                "vim_pair": step(lambda x=x, grid=(H, W): vim[1](vim[0](x, grid), grid)),
-               "transformer_layer": step(lambda x=x: tr(x))}  # fmt: skip
+               "transformer_layer": step(lambda x=x: tr(x)),
+               "transformer_layer_p0": step(lambda x=x: tr0(x))}  # fmt: skip
         res = compare(fns, preset, device)
         mems = {name: measure.peak_mem_mb(fn, device) for name, fn in fns.items()}
         for name, r in res.items():
@@ -512,23 +514,30 @@ def targets(rows) -> list[tuple[str, str, str, str]]:
 
 
 def mixer_table(sec: list[dict]) -> list[str]:
-    """Where each mixer's slot unit is cheaper than the transformer layer: time (min) and peak-memory ratios."""
+    """Where each mixer's slot unit is cheaper than attention: time (min/min of the same interleaved rounds) and
+    peak-memory ratios against the issue's transformer layer (dropout 0.1) and, when measured, the dropout-0 one."""
     sizes = sorted({r["x"] for r in sec})
-    names = [n for n in dict.fromkeys(r["name"] for r in sec) if n != "transformer_layer"]
-    lines = ["Each mixer against the transformer layer (time: min/min, memory: peak/peak; < 1 = cheaper than "
-             "attention):", "", "| mixer | " + " | ".join(f"{px} px ({(px // 16) ** 2} tok)" for px in sizes) + " |",
-             "|---|" + "---|" * len(sizes)]  # fmt: skip
-    for name in names:
-        cells = []
-        for px in sizes:
-            r, t = _get(sec, "block", name, px), _get(sec, "block", "transformer_layer", px)
-            if not (r and t and r["ratio_min"] != ""):
-                cells.append("n/a")
-                continue
-            mem = r["peak_mem_mb"] / t["peak_mem_mb"] if r["peak_mem_mb"] and t["peak_mem_mb"] else float("nan")
-            cells.append(f"time {r['ratio_min']:.2f}x, memory {mem:.2f}x")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    refs = [(n, label) for n, label in (("transformer_layer", "the transformer layer (PyTorch default, dropout "
+            "0.1)"), ("transformer_layer_p0", "the same layer with dropout 0 (SDPA's fused path)"))
+            if any(r["name"] == n for r in sec)]  # fmt: skip
+    names = [n for n in dict.fromkeys(r["name"] for r in sec) if not n.startswith("transformer_layer")]
+    lines = []
+    for ref, label in refs:
+        lines += [f"Each mixer against {label}; time min/min, memory peak/peak, < 1 = cheaper than attention:", "",
+                  "| mixer | " + " | ".join(f"{px} px ({(px // 16) ** 2} tok)" for px in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]  # fmt: skip
+        for name in names:
+            cells = []
+            for px in sizes:
+                r, t = _get(sec, "block", name, px), _get(sec, "block", ref, px)
+                if not (r and t):
+                    cells.append("n/a")
+                    continue
+                mem = r["peak_mem_mb"] / t["peak_mem_mb"] if r["peak_mem_mb"] and t["peak_mem_mb"] else float("nan")
+                cells.append(f"time {r['min_ms'] / t['min_ms']:.2f}x, memory {mem:.2f}x")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def auto_choice_row(rows, auto_row) -> dict | None:

@@ -10,6 +10,10 @@ Examples:
     python scripts/compare.py --data datasets/neon-trees.yaml --scale n --seeds 0 1 2 3 4 --epochs 25 \
         --models cfg/yolov8-vil.yaml cfg/yolo11-vil.yaml cfg/yolo26-vil.yaml --device cpu --out-dir results/gens
 
+    # a committed study, exactly as it was run (the CPU study of the README; its GPU twin at 640 px)
+    python scripts/compare.py --protocol cfg/compare/neon-trees-cpu.yaml
+    python scripts/compare.py --protocol cfg/compare/neon-trees-gpu.yaml
+
     # GPU, your own data, three seeds, two placements
     python scripts/compare.py --data datasets/aircraft.yaml --scale s \
         --models cfg/yolov8-vil.yaml cfg/yolov8-vil-p5.yaml --epochs 100 --seeds 0 1 2 \
@@ -47,13 +51,17 @@ import sys
 from pathlib import Path
 
 from ultra_vil.yolo.compare import *  # the library half; tests and users reach it through this script
-from ultra_vil.yolo.compare import run, worker
+from ultra_vil.yolo.compare import read_protocol, run, worker
 
 
 # --------------------------------------------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    parser.add_argument(
+        "--protocol", type=Path, metavar="YAML",
+        help="a study's settings (cfg/compare/*.yaml: keys are these flags' names); flags given as well override it",
     )
     parser.add_argument("--data", help="Ultralytics data YAML (e.g. datasets/neon-trees.yaml)")
     parser.add_argument("--scale", default="n", choices=list("nsmlx"), help="model scale for every model")
@@ -88,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.protocol:  # the file's values become the defaults, so a flag on the command line still wins
+        parser.set_defaults(**read_protocol(args.protocol, parser))
+        args = parser.parse_args(argv)
     if args.worker:  # the job process of older versions (jobs now start `python -m ultra_vil.yolo.compare`)
         return worker(json.loads(Path(args.worker).read_text()))
     return run(args, argv)

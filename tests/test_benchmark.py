@@ -134,14 +134,16 @@ def test_sections_mlstm_dispatch_block_write_rows_csv_md_png(tmp_path):
     by = lambda section: {(r["name"], int(r["x"])) for r in rows if r["section"] == section and r["min_ms"]}
     assert {(n, S) for n in ("parallel", "chunkwise", "recurrent", "auto", "sdpa") for S in (16, 40)} <= by("mlstm")
     assert {(f"{n} float32", S) for n in ("parallel", "chunkwise", "auto") for S in (8, 16, 32)} == by("dispatch")
-    assert {(n, px) for n in ("vil_pair", "sequencer_block", "vim_pair", "transformer_layer") for px in (64, 96)} == by("block")
+    assert {(n, px) for n in ("vil_pair", "sequencer_block", "vim_pair", "transformer_layer", "transformer_layer_p0")
+            for px in (64, 96)} == by("block")
     for r in rows:
         if r["min_ms"]:
             assert float(r["min_ms"]) <= float(r["median_ms"]) and float(r["ratio_min"]) > 0
     assert all(float(r["peak_mem_mb"]) > 0 for r in rows if r["section"] == "block")
     md = (out / "benchmark.md").read_text()
     for heading in ("## Targets of issue 9", "## mlstm", "## dispatch", "## block", "peak memory, worst size",
-                    "Each mixer against the transformer layer", "| sequencer_block | time ", "| vim_pair | time ",
+                    "Each mixer against the transformer layer", "with dropout 0", "| sequencer_block | time ",
+                    "| vim_pair | time ",
                     "`auto`'s choice vs the fastest backend"):  # fmt: skip
         assert heading in md
     assert (out / "benchmark.png").stat().st_size > 10_000

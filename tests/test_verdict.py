@@ -111,6 +111,7 @@ def test_baseline_tags_and_script_picks_them(tmp_path):
     assert [m.get("baseline") for m in models[3:]] == ["yolov8s", "yolo11s", "yolo26s"]
     assert [m["tag"] for m in script.pick_models(cfgs[1:2], "n", "yolov8")] == ["yolov8n", "yolo11n-vil"]
     assert [m["tag"] for m in script.pick_models([], "n")] == ["yolov8n"]
+    assert [m["tag"] for m in script.pick_models([], "n", "yolo11")] == ["yolo11n"]  # stock only, that generation
     with pytest.raises(SystemExit, match="--baseline"):
         script.pick_models(cfgs, "n", "resnet")
 

@@ -246,6 +246,49 @@ def parse_extra(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def read_protocol(path: Path, parser) -> dict[str, Any]:
+    """A study's settings from a YAML file whose keys are compare.py's flag names (`img_size` or `img-size`),
+    checked against `parser`: {dest: value} for parser.set_defaults. Unknown keys, wrong types and a file that is
+    not a mapping are errors naming the file (and the line of a YAML syntax error)."""
+    import yaml
+
+    path = find_file(str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise SystemExit(f"error: --protocol {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise SystemExit(f"error: --protocol {path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: --protocol {path}: expected a mapping of compare.py flags, got {type(data).__name__}")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "protocol", "worker")}
+    out = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        action = actions.get(dest)
+        if action is None:
+            raise SystemExit(f"error: --protocol {path}: unknown key {key!r} (keys: {', '.join(sorted(actions))})")
+        many = action.nargs in ("*", "+")
+        values = value if isinstance(value, list) else [value]
+        if not many and isinstance(value, list):
+            raise SystemExit(f"error: --protocol {path}: {key}: one value expected, got a list")
+        if action.nargs == 0:  # a switch such as no_onnx / quiet
+            if not isinstance(value, bool):
+                raise SystemExit(f"error: --protocol {path}: {key}: true or false expected, got {value!r}")
+            out[dest] = value
+            continue
+        try:
+            conv = [action.type(v) if action.type else str(v) for v in values]
+        except (TypeError, ValueError):
+            raise SystemExit(f"error: --protocol {path}: {key}: {value!r} is not a valid value") from None
+        if action.choices is not None and any(v not in action.choices for v in conv):
+            raise SystemExit(f"error: --protocol {path}: {key}: {value!r} not one of {list(action.choices)}")
+        out[dest] = conv if many else conv[0]
+    return out
+
+
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda:0' or 'cpu'; validates cpu / cuda / cuda:N / N (the rules of ultra_vil.measure)."""
     from ultra_vil.measure import DeviceError
@@ -329,7 +372,8 @@ def pick_models(paths: list[str], scale: str, baseline: str = "auto") -> list[di
 
     `baseline` 'auto': each ViL YAML is compared with the stock model of its own generation and the scale
     (cfg/yolo26-vil.yaml -> yolo26{scale}, cfg/yolov8-vil-p5.yaml -> yolov8{scale}); a generation name instead
-    (yolov8, yolo11, yolo26) compares every ViL YAML with that one. With no ViL YAML: stock yolov8{scale} alone.
+    (yolov8, yolo11, yolo26) compares every ViL YAML with that one. With no ViL YAML: the stock model of that
+    generation alone (yolov8{scale} for 'auto').
     """
     if baseline != "auto" and not re.fullmatch(r"yolo(?:e-)?v?\d+", baseline):
         raise SystemExit(f"error: --baseline {baseline!r}: 'auto' or a generation such as yolov8, yolo11, yolo26")
@@ -344,7 +388,7 @@ def pick_models(paths: list[str], scale: str, baseline: str = "auto") -> list[di
             raise SystemExit(f"error: {path}: no YOLO generation in its name for --baseline auto")
         vil.append({"tag": tag, "cfg": str(scaled), "yaml": str(path), "weights": backbone_weights(path),
                     "baseline": base})  # fmt: skip
-    bases = list(dict.fromkeys([m["baseline"] for m in vil] or [f"yolov8{scale}"]))
+    bases = list(dict.fromkeys([m["baseline"] for m in vil] or [f"{'yolov8' if baseline == 'auto' else baseline}{scale}"]))
     models = [{"tag": b, "cfg": f"{b}.yaml", "yaml": None} for b in bases]
     for m in vil:
         if any(x["tag"] == m["tag"] for x in models):
@@ -384,15 +428,27 @@ def run(args, argv: list[str] | None = None) -> int:
     check_settings(out / "settings.json", settings)
     preflight(data, models, args.scale)
 
-    runs = [(m, s) for m in models for s in args.seeds]
+    runs = [(m, s) for m in models for s in args.seeds]  # the reports' order
+    # Training order: seed by seed (every model at seed 0, then seed 1, ...), so an interrupted study already
+    # holds complete pairs. Several compare.py processes may share one --out-dir (CPU cores, GPUs): each run is
+    # claimed by a lock file first, and a process skips runs that another live process holds.
+    order = [(m, s) for s in args.seeds for m in models]
     failed: dict[tuple[str, int], str] = {}
-    for i, (model, seed) in enumerate(runs, start=1):
-        label = f"[{i}/{len(runs)}] {model['tag']} seed {seed}"
+    busy: list[str] = []
+    for i, (model, seed) in enumerate(order, start=1):
+        label = f"[{i}/{len(order)}] {model['tag']} seed {seed}"
         row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
         yaml_sha = model_sha(Path(model["yaml"])) if model["yaml"] else "stock"
+        lock = out / "jobs" / f"{model['tag']}_seed{seed}.lock"
+        holder = claim(lock)  # before looking for the row: another process may finish it in between
+        if holder:
+            print(f"{label}: running in another process ({holder}), skipped", flush=True)
+            busy.append(f"{model['tag']} seed {seed}")
+            continue
         if row_file.is_file():
             saved = json.loads(row_file.read_text())
             if saved.get("yaml_sha") == yaml_sha:
+                lock.unlink(missing_ok=True)
                 print(f"{label}: done before, skipped ({row_file.relative_to(out)})", flush=True)
                 continue
             print(f"{label}: {model['yaml']} (or its backbone weights) changed since its row was written: training "
@@ -401,8 +457,11 @@ def run(args, argv: list[str] | None = None) -> int:
         job = {**settings, "tag": model["tag"], "cfg": model["cfg"], "vil": model["yaml"] is not None,
                "yaml_sha": yaml_sha, "seed": seed, "out_dir": str(out), "row_file": str(row_file)}  # fmt: skip
         t0 = time.time()
-        ok, why = run_worker(job, out / "jobs" / f"{model['tag']}_seed{seed}.json",
-                             out / "logs" / f"{model['tag']}_seed{seed}.log", args.quiet)  # fmt: skip
+        try:
+            ok, why = run_worker(job, out / "jobs" / f"{model['tag']}_seed{seed}.json",
+                                 out / "logs" / f"{model['tag']}_seed{seed}.log", args.quiet)  # fmt: skip
+        finally:
+            lock.unlink(missing_ok=True)
         if ok:
             row = json.loads(row_file.read_text())["row"]
             print(f"{label}: finished in {time.time() - t0:.0f} s: mAP50 {fmt(row['map50'])}, mAP50-95 "
@@ -424,6 +483,9 @@ def run(args, argv: list[str] | None = None) -> int:
     write_png(out / "compare.png", rows, [m["tag"] for m in models])
     print(f"wrote {out / 'compare.csv'}, {out / 'compare.md'}, {out / 'compare.png'}", flush=True)
     print((out / "compare.md").read_text().split("\n## ")[0], flush=True)
+    if busy:
+        print(f"{len(busy)} run(s) were in other processes ({', '.join(busy)}): the reports lack them; run this "
+              "command again once those finish", flush=True)
     return 1 if failed else 0
 
 
@@ -484,6 +546,40 @@ def register_vil(required: bool) -> bool:
     return True
 
 
+def claim(lock: Path) -> str:
+    """Take the lock file of one run for this process: '' when taken, else who holds it ("pid N on HOST").
+
+    A lock whose process is gone (same host, pid not alive) is stale and taken over; a lock from another host is
+    respected (delete it by hand if that machine died)."""
+    import socket
+
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid, _, host = lock.read_text().partition(" ")
+            except OSError:
+                continue  # removed meanwhile: try again
+            alive = True
+            if host == socket.gethostname():
+                try:
+                    os.kill(int(pid), 0)
+                except (ValueError, ProcessLookupError):
+                    alive = False
+                except PermissionError:
+                    pass
+            if alive:
+                return f"pid {pid} on {host}"
+            lock.unlink(missing_ok=True)  # stale: its process died without removing it
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me)
+        return ""
+    return f"a lock at {lock} that keeps changing"
+
+
 def run_worker(job: dict, job_file: Path, log_file: Path, quiet: bool) -> tuple[bool, str]:
     """Run one job in a fresh Python process; its output goes to log_file (and the console unless quiet)."""
     job_file.write_text(json.dumps(job, indent=2))
@@ -533,7 +629,7 @@ def worker(job: dict) -> int:
             data=job["data"], epochs=job["epochs"], imgsz=job["img_size"], batch=job["batch_size"], seed=job["seed"],
             deterministic=True, optimizer=job["optimizer"], lr0=job["lr0"], device=yolo_device,
             workers=job["workers"], project=str(out / "runs"), name=name, exist_ok=True, pretrained=False,
-            plots=False, val=False, **job["extra"],
+            **{"plots": False, "val": False, **job["extra"]},  # --extra val=True: a val curve in results.csv
         )  # fmt: skip
     peak = peak_mem.mb
     save_dir = Path(model.trainer.save_dir)
