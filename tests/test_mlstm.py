@@ -64,8 +64,8 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2}
 CASES = [  # (backend, chunk_size)
     ("parallel", 64),
     ("chunkwise", 64),
-    ("chunkwise", 16),  # divides 64 and 400, not 7 or 65
-    ("chunkwise", 7),
+    ("chunkwise", 16),  # divides 64 and 400; 65 runs as 5 chunks of 13 (fit_chunk), 7 as one chunk
+    ("chunkwise", 7),  # 65 and 400 as chunks of 5, 64 of 4
     ("recurrent", 64),
     ("auto", 64),
 ]
@@ -97,6 +97,36 @@ def test_matches_float64_reference(backend, chunk_size, S):
     if backend == "recurrent" and S == 400:
         S = 130  # the Python step loop is slow in backward; 130 still spans several 64-chunks
     check_against_reference(S, torch.float64, backend, chunk_size)
+
+
+def test_fit_chunk_avoids_padding_where_a_divisor_exists():
+    assert [mlstm_module.fit_chunk(S, 64) for S in (7, 64, 65, 100, 196, 400, 784, 1600, 3600, 4096)] == [
+        7, 64, 64, 50, 49, 50, 56, 64, 60, 64]  # fmt: skip
+    assert (mlstm_module.fit_chunk(65, 16), mlstm_module.fit_chunk(7, 6), mlstm_module.fit_chunk(401, 64)) == (13, 6, 64)
+
+
+@pytest.mark.parametrize("S,chunk_size", [(7, 6), (65, 64), (131, 64), (67, 16)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_padded_tail_matches_reference(S, chunk_size, reverse):
+    """S with no divisor in [chunk/2, chunk]: the tail chunk is padded (steps that neither write nor forget);
+    forward, the five gradients and the final state equal the float64 recurrence (reverse: of the flipped input)."""
+    assert mlstm_module.fit_chunk(S, chunk_size) == chunk_size and S % chunk_size  # the padded path
+    inputs = make_inputs(S, torch.float64, seed=S)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    h, (C, n, m) = mlstm(*leaves, backend="chunkwise", chunk_size=chunk_size, return_state=True, reverse=reverse)
+    flip = (lambda t: t.flip(2)) if reverse else (lambda t: t)
+    ref_leaves = [flip(t.detach()).requires_grad_() for t in inputs]
+    h_ref, (C_r, n_r, m_r) = reference(*ref_leaves)
+    h_ref = flip(h_ref)
+    g = torch.randn(h.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    h.backward(g)
+    h_ref.backward(g)
+    assert rel_err(h, h_ref) < 1e-10
+    scale, scale_r = torch.exp(m)[..., None], torch.exp(m_r)[..., None]  # C and n are stored divided by exp(m)
+    assert rel_err(C * scale[..., None], C_r * scale_r[..., None]) < 1e-10
+    assert rel_err(n * scale, n_r * scale_r) < 1e-10
+    for a, b in zip(leaves, ref_leaves):
+        assert rel_err(a.grad, flip(b.grad)) < 1e-10
 
 
 @pytest.mark.parametrize("backend,chunk_size", CASES)
