@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-warmup", type=int, default=10, help="untimed batch-1 runs before timing")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its latency (n/a)")
     parser.add_argument("--quiet", action="store_true", help="do not echo the runs' output (it is still in logs/)")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: write the reports from the runs finished so far (e.g. while others run)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one job (JSON) in this process
     return parser
 

@@ -9,7 +9,9 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +134,24 @@ def test_rerun_skips_finished_work(first_run, tiny, capsys):
     assert rc == 0
     assert text.count("done before, skipped") == 4 and "training 1 epoch" not in text
     assert {p: p.stat().st_mtime_ns for p in watched} == before
+    # --report with a seed that never ran: nothing trains, the reports hold the finished runs and say what lacks.
+    capsys.readouterr()
+    argv = ["--data", str(data), "--models", str(vil), *COMMON, "--seeds", "0", "1", "2", "--out-dir", str(out)]
+    assert compare.main([*argv, "--report"]) == 0
+    text = capsys.readouterr().out
+    assert "training" not in text and "--report: 2 of 6 run(s) have no row yet" in text
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    assert len(read_csv(out / "compare.csv")) == 4
+    # A run another live process holds (its lock file) is skipped, not trained twice.
+    lock = out / "jobs" / "yolov8n_seed2.lock"
+    lock.write_text(f"{os.getppid()} {socket.gethostname()}")  # pytest's parent: alive while this test runs
+    try:
+        capsys.readouterr()
+        compare.main([*argv, "--models", "--epochs", "1"])  # stock only, seed 2: held elsewhere
+        text = capsys.readouterr().out
+        assert "yolov8n seed 2: running in another process" in text and "training" not in text
+    finally:
+        lock.unlink(missing_ok=True)
     # Other settings in the same out-dir are refused rather than mixed into one table.
     with pytest.raises(SystemExit, match="epochs: 1 there, 2 now"):
         compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--epochs", "2", "--out-dir", str(out)])

@@ -432,7 +432,7 @@ def run(args, argv: list[str] | None = None) -> int:
     # Training order: seed by seed (every model at seed 0, then seed 1, ...), so an interrupted study already
     # holds complete pairs. Several compare.py processes may share one --out-dir (CPU cores, GPUs): each run is
     # claimed by a lock file first, and a process skips runs that another live process holds.
-    order = [(m, s) for s in args.seeds for m in models]
+    order = [] if getattr(args, "report", False) else [(m, s) for s in args.seeds for m in models]  # --report: none
     failed: dict[tuple[str, int], str] = {}
     busy: list[str] = []
     for i, (model, seed) in enumerate(order, start=1):
@@ -483,6 +483,10 @@ def run(args, argv: list[str] | None = None) -> int:
     write_png(out / "compare.png", rows, [m["tag"] for m in models])
     print(f"wrote {out / 'compare.csv'}, {out / 'compare.md'}, {out / 'compare.png'}", flush=True)
     print((out / "compare.md").read_text().split("\n## ")[0], flush=True)
+    missing = [f"{m['tag']} seed {sd}" for m, sd in runs if not (out / "rows" / f"{m['tag']}_seed{sd}.json").is_file()]
+    if getattr(args, "report", False) and missing:
+        print(f"--report: {len(missing)} of {len(runs)} run(s) have no row yet ({', '.join(missing)}): the reports "
+              "hold the others", flush=True)
     if busy:
         print(f"{len(busy)} run(s) were in other processes ({', '.join(busy)}): the reports lack them; run this "
               "command again once those finish", flush=True)
