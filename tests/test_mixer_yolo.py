@@ -284,3 +284,29 @@ def test_stock_cli_train_val_predict_export(tmp_path, mixer):
         session.run(None, {name: torch.rand(1, 3, 64, 64).numpy()})  # the export size works
         with pytest.raises(Exception, match="Split"):
             session.run(None, {name: torch.rand(1, 3, 64, 96).numpy()})
+
+
+@pytest.mark.parametrize("mixer", sorted(MIXER_CFGS))
+def test_optimizer_exempts_mixer_norms_biases_and_vim_state_params(mixer):
+    """Ultralytics' own build_optimizer (AdamW and SGD) on each mixer's YOLOv8n: every bias, every norm gain and
+    Vim's A_log and D get weight decay 0 (stock Ultralytics would decay A_log and D); LSTM / projection matrices
+    still decay."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(str(scaled(MIXER_CFGS[mixer], "n")), nc=2, verbose=False)
+    trainer = DetectionTrainer.__new__(DetectionTrainer)  # build_optimizer reads only its arguments and self.args
+    trainer.args = type("Args", (), {"nbs": 64, "batch": 16, "warmup_bias_lr": 0.0})()
+    names = {id(p): n for n, p in model.named_parameters()}
+    for name in ("AdamW", "SGD"):
+        opt = DetectionTrainer.build_optimizer(trainer, model, name=name, lr=0.01, momentum=0.9, decay=5e-4)
+        decay = {names[id(p)]: g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+        assert len(decay) == len(names)
+        ours = [n for n in names.values() if ".m." in n or ".blocks." in n]  # inside the mixer modules
+        assert ours
+        exempt = [n for n in ours if n.endswith((".A_log", ".D")) or "bias" in n or ".norm" in n]
+        assert exempt and all(decay[n] == 0 for n in exempt), [n for n in exempt if decay[n]]
+        if mixer == "vim":
+            assert any(n.endswith(".A_log") for n in exempt) and any(n.endswith(".D") for n in exempt)
+        matrices = [n for n in ours if n not in exempt and model.get_parameter(n).ndim >= 2]
+        assert matrices and all(decay[n] > 0 for n in matrices)

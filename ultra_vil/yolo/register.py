@@ -330,14 +330,16 @@ def _quote_plain_args(d: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------- weight decay
 NO_DECAY_NORMS = (vil.LayerNorm, vil.MultiHeadNorm)  # ViL's norms; torch.nn norms Ultralytics exempts itself
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "learnable_skip")  # parameter names, in any module of ours
+# parameter names, in any module of ours; A_log and D are Vim's (Mamba exempts its state decay and skip gain)
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "learnable_skip", "A_log", "D")
 _OUR_MODULES = tuple(MODULES.values()) + tuple(PLAIN_MODULES.values())
 _PATCHED_OPT = "_ultra_vil_groups"
 
 
 def no_decay_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters inside our YOLO modules that get no weight decay: ViL norm gains, biases, position
-    embedding, CLS token, learnable_skip (Ultralytics' stock rules catch the biases and torch.nn norms)."""
+    embedding, CLS token, learnable_skip, Vim's A_log and D (Ultralytics' stock rules catch the biases and
+    torch.nn norms)."""
     out, seen = [], set()
     for top in model.modules():
         if not isinstance(top, _OUR_MODULES):
