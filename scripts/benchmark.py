@@ -667,10 +667,13 @@ def read_csv_rows(path: Path) -> list[dict]:
 
 
 def merge(dirs: list[Path], out_dir: Path, note: str) -> int:
-    """One report from several runs (sections measured in separate processes, so that one failure loses one)."""
+    """One report from several runs (sections measured in separate processes, so that one failure loses one).
+    A section that a later DIR measured again replaces the earlier DIRs' rows of that section."""
     rows, headers, notes, dispatch = [], [], [], None
     for d in dirs:
-        rows += read_csv_rows(d / "benchmark.csv")
+        new = read_csv_rows(d / "benchmark.csv")
+        again = {r["section"] for r in new}
+        rows = [r for r in rows if r["section"] not in again] + new
         md = d / "benchmark.md"
         if md.is_file():
             lines = md.read_text().splitlines()

@@ -158,6 +158,14 @@ def test_sections_mlstm_dispatch_block_write_rows_csv_md_png(tmp_path):
     assert merged_md.split("\n## mlstm")[1] == md.split("\n## mlstm")[1]
     assert merged_md.split("## Targets")[1].split("Notes:")[0] == md.split("## Targets")[1].split("Notes:")[0]
     assert bench.read_dispatch(merged / "mlstm_dispatch.json") == table
+    # a section measured again in a later run replaces the older rows of that section (and only those)
+    again = tmp_path / "again"
+    assert script.main(["--tiny", "--device", "cpu", "--only", "block", "--out-dir", str(again)]) == 0
+    joined = tmp_path / "joined"
+    assert script.main(["--merge", str(out), str(again), "--out-dir", str(joined)]) == 0
+    got = read_rows(joined)
+    assert [r for r in got if r["section"] != "block"] == [r for r in rows if r["section"] != "block"]
+    assert [r for r in got if r["section"] == "block"] == read_rows(again)
 
 
 def test_yolo_section_runs_and_reports_both_models(tmp_path):
