@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -20,3 +22,30 @@ def test_readme_starts_with_the_two_commands():
     assert first_block[0].startswith("pip install") and "pip install -e ." in first_block[0]
     ci = (README.parent / ".ci" / "run").read_text()
     assert first_block[1] in ci  # .ci/run runs exactly the README's test command
+
+
+def _readme_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_tables", README.parent / "scripts" / "readme_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_result_tables_are_generated_from_committed_results():
+    """Every generated block names a committed result file and equals what scripts/readme_tables.py makes of it
+    (so no table number is typed by hand); a block edited by hand is found and rewritten."""
+    mod = _readme_tables()
+    text = README.read_text()
+    sources = mod.MARKER.findall(text)
+    assert {"results/bench-cpu/benchmark.csv", "results/neon-trees-plateau/plateau.md",
+            "results/neon-trees-cpu/compare.csv"} <= set(sources)  # fmt: skip
+    assert mod.main(["--check"]) == 0, "README tables out of date: run python scripts/readme_tables.py"
+    first = mod.MARKER.search(text)
+    end = text.index(mod.END, first.end())
+    edited = text[: first.end()] + "\n| a hand-typed 0.999 |\n" + text[end:]
+    fixed, changed = mod.regenerate(edited)
+    assert changed == [first.group(1)] and fixed == text
+    with pytest.raises(SystemExit, match="no '<!-- end generated -->' line"):
+        mod.regenerate(text[: first.end()] + "\n| no end |\n")
