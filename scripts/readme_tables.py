@@ -34,8 +34,13 @@ def compare_block(path: Path) -> list[str]:
     comparisons = C.compare_rows(rows)
     names = {"latency_ms_torch": "latency PyTorch", "latency_ms_onnx": "latency ONNX RT",
              "train_s_per_epoch": "train s/epoch", "peak_mem_mb": "peak memory"}  # fmt: skip
-    lines = ["| ViL model vs stock | seeds | mAP50-95 difference [95% CI] | mAP50 difference [95% CI] | verdict | "
-             + " | ".join(f"{n} (x)" for n in names.values()) + " |", "|---" * (5 + len(names)) + "|"]  # fmt: skip
+    counts = ", ".join(f"{m} {sum(r['model'] == m for r in rows)}" for m in models)
+    lines = [f"Finished runs: {len(rows)} ({counts}).", ""]
+    if not comparisons:
+        lines += ["No ViL model has a finished seed paired with its stock baseline yet: no verdict."]
+    else:
+        lines += ["| ViL model vs stock | seeds | mAP50-95 difference [95% CI] | mAP50 difference [95% CI] | verdict | "
+                  + " | ".join(f"{n} (x)" for n in names.values()) + " |", "|---" * (5 + len(names)) + "|"]  # fmt: skip
     for c in comparisons:
         ratios = []
         for col in names:
