@@ -84,6 +84,40 @@ def interleaved(steps: dict, rounds: int, clock) -> dict[str, tuple[float, float
     return {n: (min(t), statistics.median(t)) for n, t in times.items()}
 
 
+def layer_times(model, x, rounds: int) -> list[tuple[int, str, float]]:
+    """(index, class name, min wall ms over rounds) of every top-level layer of an Ultralytics model, batch-1
+    inference (forward hooks around each layer; the two models' rounds alternate in `layer_table`)."""
+    import time
+
+    times: dict[int, list[float]] = {}
+    hooks = []
+    for i, layer in enumerate(model.model):
+        hooks.append(layer.register_forward_pre_hook(lambda m, a, i=i: times.setdefault(i, []).append(-time.perf_counter())))
+        hooks.append(layer.register_forward_hook(lambda m, a, o, i=i: times[i].__setitem__(-1, times[i][-1] + time.perf_counter())))
+    try:
+        with torch.inference_mode():
+            for _ in range(rounds):
+                model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(i, type(model.model[i]).__name__, 1000 * min(t)) for i, t in sorted(times.items())]
+
+
+def layer_table(fused: dict, x, rounds: int) -> None:
+    """Per-layer batch-1 inference time of the stock and the ViL model side by side (same layer index = same slot
+    in YOLOv8-ViL YAMLs, which only rename blocks), the layers that differ marked."""
+    per = {n: [] for n in fused}
+    for _ in range(rounds):  # alternate the models round by round, as everywhere in this script
+        for n, m in fused.items():
+            per[n].append(layer_times(m, x, 1))
+    rows = {n: [(i, c, min(r[k][2] for r in per[n])) for k, (i, c, _) in enumerate(per[n][0])] for n in per}
+    print("| layer | yolov8n | ms | vil | ms | ratio |\n|---|---|---|---|---|---|")
+    for (i, c0, t0), (_, c1, t1) in zip(rows["yolov8n"], rows["vil"]):
+        mark = " **" if c0 != c1 else ""
+        print(f"| {i}{mark} | {c0} | {t0:.1f} | {c1} | {t1:.1f} | {t1 / max(t0, 1e-9):.2f}x |")
+
+
 def bench_yolo(args, clock) -> None:
     """Stock YOLOv8n vs the ViL cfg: fwd+bwd (train mode, batch --yolo-batch; time and peak memory) and batch-1
     fused inference, each interleaved; ratios ViL / stock of the mins and of the medians."""
@@ -128,6 +162,7 @@ def bench_yolo(args, clock) -> None:
     print(f"| batch-1 fused inference | yolov8n {res['yolov8n'][0]:.1f} / {res['yolov8n'][1]:.1f} | vil "
           f"{res['vil'][0]:.1f} / {res['vil'][1]:.1f} | {res['vil'][0] / res['yolov8n'][0]:.2f}x, "
           f"{res['vil'][1] / res['yolov8n'][1]:.2f}x |", flush=True)
+    layer_table(fused, one, args.rounds)
     steps = {n: train_step(m) for n, m in models.items()}
     res = interleaved(steps, args.rounds, clock)
     mem = {n: peak_mem_mb(step, torch.device("cpu")) for n, step in steps.items()}
