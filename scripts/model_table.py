@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Print the README table of YOLOv8-ViL variants: layers, parameters and GFLOPs next to stock YOLOv8.
+"""Print the README tables of the mixer YAMLs: layers, parameters and GFLOPs next to the stock model of their
+generation (YOLOv8, YOLO11, YOLO26).
 
 Every number comes from Ultralytics itself: `YOLO(cfg).info()` (the same call that prints the
 "summary: ... layers, ... parameters, ... GFLOPs" line). GFLOPs are at imgsz 640 and nc 80.
@@ -13,12 +14,14 @@ same counter (thop) and no extrapolation.
 Examples:
     python scripts/model_table.py                       # all cfg/yolov8-vil*.yaml at scales n and s
     python scripts/model_table.py --scales n s m l x --summaries   # also the per-scale summary lines for YAML headers
+    python scripts/model_table.py --cfg cfg/yolo11-vil.yaml cfg/yolo26-vil.yaml --scales n s m l x --no-direct
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -65,18 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-direct", action="store_true", help="skip the direct 640 px FLOP count (faster)")
     parser.add_argument("--summaries", action="store_true", help="also print each YAML's per-scale summary lines")
     args = parser.parse_args(argv)
-    cfgs = args.cfg or sorted((ROOT / "cfg").glob("yolov8-vil*.yaml"))
-    rows = [("stock", s, describe(f"yolov8{s}.yaml", not args.no_direct)) for s in args.scales]
+    from ultra_vil.yolo.compare import scaled_model
+
+    cfgs = [c.resolve() for c in args.cfg] if args.cfg else sorted((ROOT / "cfg").glob("yolov8-vil*.yaml"))
+    for cfg in cfgs:
+        if not cfg.is_file():
+            raise SystemExit(f"error: --cfg {cfg}: file not found")
+    # the stock model of every generation in use (yolo11-vil.yaml -> yolo11), then each YAML at each scale, scaled
+    # by Ultralytics' name rule (yolo11-vil.yaml -> yolo11s-vil.yaml), as compare.py does
+    gens = list(dict.fromkeys(re.match(r"yolo(?:e-)?v?\d+", c.stem).group(0) for c in cfgs))
+    rows = [(f"stock {g}", s, describe(f"{g}{s}.yaml", not args.no_direct)) for g in gens for s in args.scales]
     for cfg in cfgs:
         for s in args.scales:
-            scaled = cfg.with_name(cfg.name.replace("yolov8", f"yolov8{s}", 1))
+            _, scaled = scaled_model(cfg, s)
             rows.append((cfg.name, s, describe(str(scaled), not args.no_direct)))
 
     print("| model | YAML | scale | layers | parameters | GFLOPs (Ultralytics) | GFLOPs direct |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for name, s, r in rows:
         direct = f"{r['direct']:.1f}" if "direct" in r else "-"
-        yaml_name = "ultralytics yolov8.yaml" if name == "stock" else f"cfg/{name}"
+        yaml_name = f"ultralytics {name[6:]}.yaml" if name.startswith("stock ") else f"cfg/{name}"
         print(f"| {r['model']} | {yaml_name} | {s} | {r['layers']} | {r['params']:,} | {r['gflops']:.1f} | {direct} |")
     if args.summaries:
         print()
