@@ -14,8 +14,9 @@ processes for other checkouts) and reports the minimum and the median over round
                 fwd+bwd, NH=4 DH=64, B=1 on CPU / 8 on CUDA, S = 196 ... 6400 (25600 on CUDA); time, peak memory
     dispatch    parallel vs chunkwise (vs triton) over an S grid per dtype: the thresholds of `auto`, written to
                 mlstm_dispatch.json; checks `auto` is within 10% of the fastest backend at every S
-    block       ViLBlockPair(256), SequencerBlock(256) and two VimBlock(256) (each mixer's unit of one YOLO slot) vs
-                nn.TransformerEncoderLayer(256, 4, 1024, norm_first=True, batch_first=True), batch 1, image 320 ... 1280 px at stride 16 (400 ... 6400 tokens), fwd+bwd time and peak memory
+    block       ViLBlockPair(256), SequencerBlock(256), two VimBlock(256) (a mixer unit of one YOLO slot) vs
+                nn.TransformerEncoderLayer(256, 4, 1024, norm_first=True, batch_first=True) (dropout 0.1, and 0),
+                batch 1, image 320 ... 1280 px at stride 16 (400 ... 6400 tokens), fwd+bwd time and peak memory
     classifier  ViL-T at 224 px, batch 8: training step (fwd + bwd + AdamW) and inference, img/s; this checkout vs
                 --baseline-src (another ultra-vil checkout) vs --official-src (a folder holding NX-AI's
                 `vision_lstm` package), each in its own worker process, rounds interleaved across them

@@ -92,8 +92,13 @@ def layer_times(model, x, rounds: int) -> list[tuple[int, str, float]]:
     times: dict[int, list[float]] = {}
     hooks = []
     for i, layer in enumerate(model.model):
-        hooks.append(layer.register_forward_pre_hook(lambda m, a, i=i: times.setdefault(i, []).append(-time.perf_counter())))
-        hooks.append(layer.register_forward_hook(lambda m, a, o, i=i: times[i].__setitem__(-1, times[i][-1] + time.perf_counter())))
+        def start(module, args, i=i):
+            times.setdefault(i, []).append(-time.perf_counter())
+
+        def stop(module, args, out, i=i):
+            times[i][-1] += time.perf_counter()
+
+        hooks += [layer.register_forward_pre_hook(start), layer.register_forward_hook(stop)]
     try:
         with torch.inference_mode():
             for _ in range(rounds):

@@ -8,9 +8,9 @@ one format; and that other checkouts and the official code run in worker process
 import csv
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 
@@ -22,11 +22,7 @@ BASELINE = Path("/work/baseline-3c73528")  # a git worktree of commit 3c73528, w
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", REPO / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return conftest.load_script("benchmark")
 
 
 def read_rows(out: Path) -> list[dict]:

@@ -6,7 +6,6 @@ line), flags override a protocol, and a lock held by a live process is respected
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -15,23 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
 from ultra_vil.yolo import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = sorted((ROOT / "cfg" / "compare").glob("*.yaml"))
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts" / "compare.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def parsed(argv):
     """The argparse Namespace scripts/compare.py builds from argv (protocol applied), without running anything."""
-    script = load_script()
-    parser = script.build_parser()
+    parser = load_script("compare").build_parser()
     args = parser.parse_args(argv)
     if args.protocol:
         parser.set_defaults(**compare.read_protocol(args.protocol, parser))

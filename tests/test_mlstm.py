@@ -102,7 +102,8 @@ def test_matches_float64_reference(backend, chunk_size, S):
 def test_fit_chunk_avoids_padding_where_a_divisor_exists():
     assert [mlstm_module.fit_chunk(S, 64) for S in (7, 64, 65, 100, 196, 400, 784, 1600, 3600, 4096)] == [
         7, 64, 64, 50, 49, 50, 56, 64, 60, 64]  # fmt: skip
-    assert (mlstm_module.fit_chunk(65, 16), mlstm_module.fit_chunk(7, 6), mlstm_module.fit_chunk(401, 64)) == (13, 6, 64)
+    fit = mlstm_module.fit_chunk
+    assert (fit(65, 16), fit(7, 6), fit(401, 64)) == (13, 6, 64)
 
 
 @pytest.mark.parametrize("S,chunk_size", [(7, 6), (65, 64), (131, 64), (67, 16)])

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,19 +10,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("model_table", ROOT / "scripts" / "model_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_each_generation_gets_its_own_stock_model_and_scale(capsys):
+def test_each_generation_gets_its_own_stock_model_and_scale(capsys, script):
     pytest.importorskip("ultralytics")
-    mod = load()
+    mod = script("model_table")
     cfgs = [str(ROOT / "cfg" / n) for n in ("yolo11-vil.yaml", "yolov8-vil-p5.yaml")]
     assert mod.main(["--cfg", *cfgs, "--scales", "n", "s", "--no-direct"]) == 0
-    rows = {r.split(" | ")[0][2:]: r.split(" | ") for r in capsys.readouterr().out.splitlines() if r.startswith("| yolo")}
+    out = capsys.readouterr().out.splitlines()
+    rows = {r.split(" | ")[0][2:]: r.split(" | ") for r in out if r.startswith("| yolo")}
     assert set(rows) == {"yolo11n", "yolo11s", "yolov8n", "yolov8s", "yolo11n-vil", "yolo11s-vil", "yolov8n-vil-p5",
                          "yolov8s-vil-p5"}  # fmt: skip
     assert rows["yolo11n"][1] == "ultralytics yolo11.yaml" and rows["yolov8s"][1] == "ultralytics yolov8.yaml"

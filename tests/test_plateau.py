@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADER = "                  epoch,         time, metrics/mAP50(B), metrics/mAP50-95(B),  lr/pg0"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("plateau", ROOT / "scripts" / "plateau.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def write_run(folder: Path, values: list[float]) -> Path:
@@ -25,8 +16,8 @@ def write_run(folder: Path, values: list[float]) -> Path:
     return folder
 
 
-def test_plateau_of_a_curve_that_rises_then_flattens(tmp_path):
-    mod = load()
+def test_plateau_of_a_curve_that_rises_then_flattens(tmp_path, script):
+    mod = script("plateau")
     rising = [min(e, 20) / 20 * 0.2 for e in range(1, 41)]  # linear to epoch 20, then flat at 0.2
     run = write_run(tmp_path / "yolov8n_seed0", rising)
     epoch, best = mod.plateau_epoch(mod.read_curve(run), window=1, fraction=0.95)
@@ -40,14 +31,14 @@ def test_plateau_of_a_curve_that_rises_then_flattens(tmp_path):
     assert len((tmp_path / "out" / "plateau.csv").read_text().splitlines()) == 41
 
 
-def test_a_curve_still_rising_plateaus_at_its_end(tmp_path):
-    mod = load()
+def test_a_curve_still_rising_plateaus_at_its_end(tmp_path, script):
+    mod = script("plateau")
     run = write_run(tmp_path / "r", [e / 100 for e in range(1, 31)])
     assert mod.plateau_epoch(mod.read_curve(run), window=1, fraction=1.0)[0] == 30
 
 
-def test_runs_without_a_val_curve_are_refused(tmp_path):
-    mod = load()
+def test_runs_without_a_val_curve_are_refused(tmp_path, script):
+    mod = script("plateau")
     run = write_run(tmp_path / "noval", [0.0] * 5)  # val=False: Ultralytics writes zeros
     with pytest.raises(SystemExit, match="noval.*val=False"):
         mod.read_curve(run)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("profile_vil", ROOT / "scripts" / "profile_vil.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_layer_table_times_every_layer_and_marks_the_vil_slots(capsys):
+def test_layer_table_times_every_layer_and_marks_the_vil_slots(capsys, script):
     tasks = pytest.importorskip("ultralytics.nn.tasks")
     import ultra_vil.yolo  # noqa: F401  registers the modules
 
-    mod = load()
+    mod = script("profile_vil")
     models = {"yolov8n": tasks.DetectionModel("yolov8n.yaml", nc=2, verbose=False),
               "vil": tasks.DetectionModel(str(ROOT / "cfg" / "yolov8n-vil.yaml"), nc=2, verbose=False)}  # fmt: skip
     fused = {n: copy.deepcopy(m).fuse(verbose=False).eval() for n, m in models.items()}

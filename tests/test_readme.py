@@ -24,19 +24,10 @@ def test_readme_starts_with_the_two_commands():
     assert first_block[1] in ci  # .ci/run runs exactly the README's test command
 
 
-def _readme_tables():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("readme_tables", README.parent / "scripts" / "readme_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_readme_result_tables_are_generated_from_committed_results():
+def test_readme_result_tables_are_generated_from_committed_results(script):
     """Every generated block names a committed result file and equals what scripts/readme_tables.py makes of it
     (so no table number is typed by hand); a block edited by hand is found and rewritten."""
-    mod = _readme_tables()
+    mod = script("readme_tables")
     text = README.read_text()
     sources = mod.MARKER.findall(text)
     assert {"results/bench-cpu/benchmark.csv", "results/neon-trees-plateau/plateau.md",

@@ -388,7 +388,8 @@ def pick_models(paths: list[str], scale: str, baseline: str = "auto") -> list[di
             raise SystemExit(f"error: {path}: no YOLO generation in its name for --baseline auto")
         vil.append({"tag": tag, "cfg": str(scaled), "yaml": str(path), "weights": backbone_weights(path),
                     "baseline": base})  # fmt: skip
-    bases = list(dict.fromkeys([m["baseline"] for m in vil] or [f"{'yolov8' if baseline == 'auto' else baseline}{scale}"]))
+    alone = f"{'yolov8' if baseline == 'auto' else baseline}{scale}"  # with no ViL YAML: that stock model alone
+    bases = list(dict.fromkeys([m["baseline"] for m in vil] or [alone]))
     models = [{"tag": b, "cfg": f"{b}.yaml", "yaml": None} for b in bases]
     for m in vil:
         if any(x["tag"] == m["tag"] for x in models):
