@@ -8,12 +8,12 @@ in this process, where the trainer can be inspected. About 2-3 minutes on 2 core
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from test_checkpoints import vil2_state
 from test_yolo_cli import ROOT, run, write_tiny_set, yolo
 
@@ -25,13 +25,6 @@ from ultra_vil.yolo import ViLBackbone
 FPN_T = ROOT / "cfg" / "yolov8-vilt-fpn.yaml"
 FPN_S = ROOT / "cfg" / "yolov8-vils-fpn.yaml"
 ONNX_MAX_ABS_DIFF = 1e-3  # as test_yolo_cli.py: outputs are box pixels up to ~64 here
-
-
-def load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_image_folder(root: Path, n: int = 4, size: int = 32) -> Path:
@@ -56,7 +49,7 @@ def classifier(tmp_path_factory) -> Path:
     """best.pt of a 1-epoch run of scripts/train_classifier.py: a 2-block, dim-32, patch-16 ViL at 32 px."""
     tmp = tmp_path_factory.mktemp("clf")
     data = write_image_folder(tmp / "data")
-    script = load_script(ROOT / "scripts" / "train_classifier.py")
+    script = load_script("train_classifier")
     argv = ["--data", str(data), "--out-dir", str(tmp / "run"), "--dim", "32", "--num-blocks", "2", "--img-size",
             "32", "--patch-size", "16", "--device", "cpu", "--workers", "0", "--epochs", "1", "--batch-size", "4",
             "--lr", "0.05", "--warmup-epochs", "0"]  # fmt: skip
@@ -305,7 +298,7 @@ def test_compare_takes_the_fpn_yamls_and_their_weights(classifier, tmp_path, mon
     """scripts/compare.py: the -fpn YAMLs are models like any other (tag, baseline); the backbone weights they load
     (YAML or ULTRA_VIL_BACKBONE_WEIGHTS) are part of the run's identity, so other weights train again; a named
     file that is missing stops the comparison before any training."""
-    compare = load_script(ROOT / "scripts" / "compare.py")
+    compare = load_script("compare")
     monkeypatch.delenv("ULTRA_VIL_BACKBONE_WEIGHTS", raising=False)
     models = compare.pick_models([str(FPN_T)], "s")
     assert [m["tag"] for m in models] == ["yolov8s", "yolov8s-vilt-fpn"] and models[1]["weights"] == []

@@ -6,7 +6,6 @@ an interval), then one more stock run for the reproducibility check. The rerun t
 """
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -17,16 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 compare = load_script("compare")

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import load_script
+
 from ultra_vil.yolo import compare
 
 ROOT = Path(__file__).resolve().parents[1]

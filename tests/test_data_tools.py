@@ -5,12 +5,12 @@ Everything is generated in tmp_path in well under a second per test; no Ultralyt
 """
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 from PIL import Image
 
 from ultra_vil.data.convert import MARKER
@@ -18,9 +18,7 @@ from ultra_vil.data.split import assign_val, split_yolo_dataset
 from ultra_vil.data.yolo_check import check_yolo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("convert_dataset", ROOT / "scripts" / "convert_dataset.py")
-convert_dataset = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(convert_dataset)
+convert_dataset = load_script("convert_dataset")
 
 
 def tree_hash(folder: Path) -> dict[str, str]:

@@ -9,7 +9,6 @@ and bad configs fail (or warn) as documented. Plus the recipe's pieces one by on
 from __future__ import annotations
 
 import csv
-import importlib.util
 import logging
 import os
 import random
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import load_script
 
 from ultra_vil.classifier import create_model, load_checkpoint
 from ultra_vil.train import checkpoint as ckpt_io
@@ -50,14 +50,7 @@ SHAPES = {"red_circle": (255, 60, 60), "green_square": (60, 220, 60), "blue_hbar
           "yellow_vbar": (240, 220, 50)}
 
 
-def load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_classifier = load_script(SCRIPT)
+train_classifier = load_script(SCRIPT.stem)
 
 
 def make_shapes(root: Path, n_train: int, n_val: int, size: int = 32, seed: int = 0) -> Path:

@@ -7,11 +7,11 @@ one seed -> no claim. Also the t quantiles, the pairing by seed, baseline pickin
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from ultra_vil.yolo import compare as stats
 
@@ -102,9 +102,7 @@ def test_t_quantiles():
 def test_baseline_tags_and_script_picks_them(tmp_path):
     assert stats.baseline_tag("yolo11s-vil") == "yolo11s" and stats.baseline_tag("yolov8n-vil-p5") == "yolov8n"
     assert stats.baseline_cfg("yolo26m-vil") == "yolo26m.yaml" and stats.baseline_tag("vil-t") is None
-    spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts" / "compare.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("compare")
     cfgs = [str(ROOT / "cfg" / n) for n in ("yolov8-vil.yaml", "yolo11-vil.yaml", "yolo26-vil.yaml")]
     models = script.pick_models(cfgs, "s")
     assert [m["tag"] for m in models] == ["yolov8s", "yolo11s", "yolo26s", "yolov8s-vil", "yolo11s-vil", "yolo26s-vil"]
