@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
     args = p.parse_args(argv)
     text = args.readme.read_text()
-    new, changed = regenerate(text)
     if not MARKER.search(text):
         raise SystemExit(f"error: {args.readme}: no generated block")
+    new, changed = regenerate(text)
     if args.check:
         for source in changed:
             print(f"{args.readme}: the block from {source} is out of date: run python scripts/readme_tables.py")

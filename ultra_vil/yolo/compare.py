@@ -433,7 +433,8 @@ def run(args, argv: list[str] | None = None) -> int:
     # Training order: seed by seed (every model at seed 0, then seed 1, ...), so an interrupted study already
     # holds complete pairs. Several compare.py processes may share one --out-dir (CPU cores, GPUs): each run is
     # claimed by a lock file first, and a process skips runs that another live process holds.
-    order = [] if getattr(args, "report", False) else [(m, s) for s in args.seeds for m in models]  # --report: none
+    report_only = getattr(args, "report", False)
+    order = [] if report_only else [(m, s) for s in args.seeds for m in models]
     failed: dict[tuple[str, int], str] = {}
     busy: list[str] = []
     for i, (model, seed) in enumerate(order, start=1):
@@ -471,10 +472,12 @@ def run(args, argv: list[str] | None = None) -> int:
             failed[(model["tag"], seed)] = why
             print(f"{label}: FAILED: {why}", flush=True)
 
-    rows, notes, names = [], {}, []
+    rows, notes, names, missing = [], {}, [], []
     for model, seed in runs:
         row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
-        if (model["tag"], seed) not in failed and row_file.is_file():
+        if not row_file.is_file():
+            missing.append(f"{model['tag']} seed {seed}")
+        elif (model["tag"], seed) not in failed:
             saved = json.loads(row_file.read_text())
             rows.append(saved["row"])
             notes[(model["tag"], seed)] = saved.get("notes", {})
@@ -484,8 +487,7 @@ def run(args, argv: list[str] | None = None) -> int:
     write_png(out / "compare.png", rows, [m["tag"] for m in models])
     print(f"wrote {out / 'compare.csv'}, {out / 'compare.md'}, {out / 'compare.png'}", flush=True)
     print((out / "compare.md").read_text().split("\n## ")[0], flush=True)
-    missing = [f"{m['tag']} seed {sd}" for m, sd in runs if not (out / "rows" / f"{m['tag']}_seed{sd}.json").is_file()]
-    if getattr(args, "report", False) and missing:
+    if report_only and missing:
         print(f"--report: {len(missing)} of {len(runs)} run(s) have no row yet ({', '.join(missing)}): the reports "
               "hold the others", flush=True)
     if busy:
