@@ -33,7 +33,6 @@ copy ultra_vil/mlstm_dispatch.json that `mlstm(backend="auto")` reads. Nothing i
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import datetime
 import logging
@@ -41,7 +40,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -342,103 +340,31 @@ def bench_classifier(preset: Preset, device, baseline_src: Path | None, official
 
 
 # ------------------------------------------------------------------------------------------------- (d) yolo
-def tensor_sum(out) -> torch.Tensor:
-    """Sum of every tensor in a model output (Ultralytics' train-mode Detect returns a dict of tensors and lists)."""
-    if isinstance(out, torch.Tensor):
-        return out.float().sum()
-    items = out.values() if isinstance(out, dict) else out
-    return sum(tensor_sum(o) for o in items)
-
-
-def onnx_session(model, x, path: Path):
-    """Export a fused eval model to ONNX (TorchScript exporter, fixed shape) and open it in ONNX Runtime."""
-    import onnxruntime as ort
-    from ultralytics.nn.modules import Detect
-
-    m = copy.deepcopy(model)
-    for mod in m.modules():
-        if isinstance(mod, Detect):  # what Ultralytics' exporter sets: one output tensor, no training branches
-            mod.export, mod.format = True, "onnx"
-    with torch.no_grad():
-        torch.onnx.export(m, x, str(path), opset_version=17, input_names=["images"], output_names=["output0"],
-                          dynamo=False)  # fmt: skip
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as the PyTorch timing
-    providers = ["CUDAExecutionProvider"] if x.is_cuda and "CUDAExecutionProvider" in ort.get_available_providers() \
-        else ["CPUExecutionProvider"]  # fmt: skip
-    session = ort.InferenceSession(str(path), opts, providers=providers)
-    feed = {session.get_inputs()[0].name: x.cpu().numpy()}
-    return lambda: session.run(None, feed), providers[0]
-
-
 def bench_yolo(preset: Preset, device, vil_cfg: str) -> list[dict]:
     """(d) stock YOLOv8n vs YOLOv8n-ViL: fwd+bwd (network only, loss excluded) and batch-1 fused inference."""
-    from ultralytics.nn.tasks import DetectionModel
-
-    import ultra_vil.yolo  # noqa: F401  registers the ViL modules with Ultralytics' parser
+    from ultra_vil.yolo import costs  # imports Ultralytics: only for this section
 
     size, batch = preset.yolo_size, preset.yolo_batch
-    cfgs = {"yolov8n": "yolov8n.yaml", "yolov8n-vil": vil_cfg}
-    models = {}
-    for name, cfg in cfgs.items():
-        torch.manual_seed(0)
-        models[name] = DetectionModel(cfg, nc=80, verbose=False).to(device)  # a missing cfg raises here, named
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    x = torch.randn(batch, 3, size, size, device=device)
-
-    def train_step(model):
-        def run():
-            model.train()
-            with amp:
-                out = model(x)
-            tensor_sum(out).backward()
-
-        return run
-
-    rows = []
-    fns = {name: train_step(m) for name, m in models.items()}
-    res = compare(fns, preset, device)
-    mems = {name: measure.peak_mem_mb(fn, device) for name, fn in fns.items()}
-    for name, r in res.items():
+    models = costs.build({"yolov8n": "yolov8n.yaml", "yolov8n-vil": vil_cfg}, nc=80, device=device)
+    settings = costs.CostSettings(size=size, batch=batch, rounds=preset.rounds, min_rounds=preset.min_rounds,
+                                  warmup=preset.warmup, max_seconds=preset.max_seconds,
+                                  latency_rounds=preset.latency_rounds, amp=device.type == "cuda")  # fmt: skip
+    res = costs.measure_costs(models, settings, device)
+    rows, mems = [], res["train_mem_mb"]
+    for name, r in res["train"].items():
         rows.append(row("yolo", f"{name}_train", size, r, mems[name], batch / r["min"] * 1e3, vs="yolov8n_train",
-                        ratio=measure.ratios(res, name, "yolov8n"),
+                        ratio=measure.ratios(res["train"], name, "yolov8n"),
                         note=f"fwd+bwd, batch {batch}; memory ratio {mems[name] / mems['yolov8n']:.2f}"))  # fmt: skip
-        LOGGER.info("yolo %-12s fwd+bwd min %8.1f ms median %8.1f ms %8.1f MiB", name, r["min"], r["median"],
-                    mems[name])  # fmt: skip
-
-    fused = {name: copy.deepcopy(m).float().fuse().eval() for name, m in models.items()}
-    one = torch.rand(1, 3, size, size, device=device)
-
-    def infer(model):
-        def run():
-            with torch.inference_mode():
-                model(one)
-
-        return run
-
-    lat_preset = dataclasses.replace(preset, rounds=preset.latency_rounds, warmup=max(preset.warmup, 2))
-    res = compare({name: infer(m) for name, m in fused.items()}, lat_preset, device)
-    for name, r in res.items():
+    for name, r in res["torch"].items():
         rows.append(row("yolo", f"{name}_torch", size, r, vs="yolov8n_torch",
-                        ratio=measure.ratios(res, name, "yolov8n"),
+                        ratio=measure.ratios(res["torch"], name, "yolov8n"),
                         note="batch 1, fused, eval, PyTorch"))  # fmt: skip
-        LOGGER.info("yolo %-12s torch batch-1 min %7.2f ms median %7.2f ms", name, r["min"], r["median"])
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return rows + [row("yolo", "onnx", size, note="skipped: onnxruntime is not installed")]
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            sessions = {name: onnx_session(m, one, Path(tmp) / f"{name}.onnx") for name, m in fused.items()}
-        except Exception as e:  # an export failure is a finding to report, not a reason to lose the other rows
-            LOGGER.warning("yolo: ONNX export failed: %s", e)
-            return rows + [row("yolo", "onnx", size, note=f"ONNX export failed: {type(e).__name__}: {e}"[:300])]
-        res = compare({name: s[0] for name, s in sessions.items()}, lat_preset, None)
-        for name, r in res.items():
-            rows.append(row("yolo", f"{name}_onnx", size, r, vs="yolov8n_onnx",
-                            ratio=measure.ratios(res, name, "yolov8n"),
-                            note=f"batch 1, fused, ONNX Runtime {sessions[name][1]}"))  # fmt: skip
-            LOGGER.info("yolo %-12s onnx batch-1 min %7.2f ms median %7.2f ms", name, r["min"], r["median"])
+    if not res["onnx"]:
+        return rows + [row("yolo", "onnx", size, note=res["onnx_note"])]
+    for name, r in res["onnx"].items():
+        rows.append(row("yolo", f"{name}_onnx", size, r, vs="yolov8n_onnx",
+                        ratio=measure.ratios(res["onnx"], name, "yolov8n"),
+                        note=f"batch 1, fused, {res['onnx_note']}"))  # fmt: skip
     return rows
 
 

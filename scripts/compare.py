@@ -36,6 +36,8 @@ Writes into --out-dir:
                   and the cost ratios (latency, train time per epoch, peak memory) with their spread; then mean
                   +- std over seeds, the settings, how each column was measured, the reproduce command
     compare.png   bars (mean, error bar = std over seeds) and every seed as a point
+    costs.json    with --costs: every model timed side by side in one process (rounds interleaved, so the ratios
+                  hold on a busy machine where each run's own timings do not); compare.md shows those ratios too
     settings.json the settings every run shares; runs/<model>_seed<k>/ Ultralytics' run folders;
     rows/<model>_seed<k>.json one finished run (resumable: a run with a row is not trained again);
     logs/<model>_seed<k>.log  the output of that run's process
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="do not echo the runs' output (it is still in logs/)")
     parser.add_argument("--report", action="store_true",
                         help="train nothing: write the reports from the runs finished so far (e.g. while others run)")
+    parser.add_argument("--costs", action="store_true",
+                        help="after the runs, time every model side by side in one process (fwd+bwd, batch-1 "
+                        "latency, memory) into costs.json, unless it already holds them all; the reports show both")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one job (JSON) in this process
     return parser
 

@@ -79,7 +79,7 @@ def tiny(tmp_path_factory):
 def first_run(tiny):
     tmp, data, vil = tiny
     out = tmp / "cmp"
-    rc = compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--out-dir", str(out)])
+    rc = compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--costs", "--out-dir", str(out)])
     return out, rc, vil
 
 
@@ -111,6 +111,16 @@ def test_writes_csv_md_png_with_every_column_filled(first_run):
     assert "95% paired t-interval] over 2 seed(s)" in verdict and " n/a" not in md.split("## Runs")[0]
     assert "Reproduce by: `python scripts/compare.py --data" in md
     assert "peak resident memory" in md  # says how memory was measured on CPU
+    costs = json.loads((out / "costs.json").read_text())  # --costs: both models timed side by side
+    assert costs["settings"] == {"img_size": 64, "batch_size": 4, "device": "cpu"}
+    for tag in ("yolov8n", vil_tag):
+        entry = costs["models"][tag]
+        for key in ("train_min_ms", "train_median_ms", "train_mem_mb", "torch_min_ms", "torch_median_ms",
+                    "onnx_min_ms", "onnx_median_ms"):  # fmt: skip
+            assert entry[key] > 0, (tag, key)
+        assert entry["train_min_ms"] <= entry["train_median_ms"] and entry["rounds_train"] >= 3
+    side = md.split("Cost measured side by side", 1)[1].split("## Runs")[0]
+    assert f"- {vil_tag} / yolov8n: fwd+bwd time " in side and "latency ONNX RT" in side
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -122,10 +132,13 @@ def test_rerun_skips_finished_work(first_run, tiny, capsys):
     assert len(watched) == 8
     before = {p: p.stat().st_mtime_ns for p in watched}
     capsys.readouterr()
-    rc = compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--out-dir", str(out)])
+    watched.append(out / "costs.json")
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    rc = compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--costs", "--out-dir", str(out)])
     text = capsys.readouterr().out
     assert rc == 0
     assert text.count("done before, skipped") == 4 and "training 1 epoch" not in text
+    assert "holds every model: not measured again" in text
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     # --report with a seed that never ran: nothing trains, the reports hold the finished runs and say what lacks.
     capsys.readouterr()
@@ -202,3 +215,26 @@ def test_md_explains_every_na(tmp_path):
     assert "- yolov8n-vil seed 0: exit status 1" in md
     compare.write_csv(tmp_path / "c.csv", [row], ["a"])
     assert read_csv(tmp_path / "c.csv")[0]["latency_ms_onnx"] == "n/a"
+
+
+def test_costs_of_other_settings_are_ignored_and_absent_costs_are_named(tmp_path):
+    """A costs.json measured at another image size is not shown beside this study; without one the report says
+    that its time ratios come from runs timed alone and names --costs."""
+    settings = {"img_size": 320, "batch_size": 4, "device": "cpu"}
+    costs = {"settings": {**settings, "img_size": 640}, "how": "x", "models": {}}
+    (tmp_path / "costs.json").write_text(json.dumps(costs))
+    got, why = compare.read_costs(tmp_path, settings)
+    assert got is None and "other settings" in why and "delete it" in why
+    costs["settings"] = settings
+    costs["models"] = {"a": {"train_min_ms": 20.0, "train_median_ms": 30.0, "train_mem_mb": 150.0,
+                             "torch_min_ms": 9.0, "torch_median_ms": 12.0},
+                       "b": {"train_min_ms": 10.0, "train_median_ms": 20.0, "train_mem_mb": 100.0,
+                             "torch_min_ms": 3.0, "torch_median_ms": 4.0}}  # fmt: skip
+    (tmp_path / "costs.json").write_text(json.dumps(costs))
+    got, why = compare.read_costs(tmp_path, settings)
+    assert why == "" and compare.cost_ratio(got, "a", "b", "train") == "2.00x / 1.50x"
+    assert compare.cost_ratio(got, "a", "b", "train_mem") == "1.50x"
+    assert compare.cost_ratio(got, "a", "b", "torch") == "3.00x / 3.00x"
+    assert compare.cost_ratio(got, "a", "b", "onnx") == compare.NA  # not measured: said, not invented
+    assert compare.cost_ratio(got, "a", "c", "train") == compare.NA
+    assert "--costs" in "\n".join(compare.cost_lines([], None))

@@ -196,8 +196,8 @@ def read_rows(path: Path | str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def verdict_lines(comparisons: list[Comparison]) -> list[str]:
-    """The verdict section of compare.md (its first section)."""
+def verdict_lines(comparisons: list[Comparison], costs: dict | None = None) -> list[str]:
+    """The verdict section of compare.md (its first section); `costs`: a costs.json (side-by-side costs)."""
     lines = ["## Verdicts", ""]
     if not comparisons:
         return lines + ["No ViL model has a stock baseline with finished runs: nothing to decide.", ""]
@@ -215,6 +215,7 @@ def verdict_lines(comparisons: list[Comparison]) -> list[str]:
             spread = f" ± {std:.2f}" if std is not None else ""
             parts.append(f"{names[col]} {mean:.2f}x{spread} [{lo:.2f}, {hi:.2f}]")
         lines.append(f"- {c.vil} / {c.stock}: " + "; ".join(parts))
+    lines += cost_lines(comparisons, costs)
     lines += [
         "",
         (
@@ -226,6 +227,94 @@ def verdict_lines(comparisons: list[Comparison]) -> list[str]:
         "",
     ]
     return lines
+
+
+# ------------------------------------------------------------------------------------------- side-by-side costs
+COSTS_FILE = "costs.json"
+COST_KINDS = (("train", "fwd+bwd time"), ("train_mem", "fwd+bwd peak memory"), ("torch", "latency PyTorch"),
+              ("onnx", "latency ONNX RT"))  # fmt: skip
+
+
+def cost_settings(settings: dict) -> dict:
+    """What costs.json must match to belong to a study: image size, batch, device."""
+    return {"img_size": settings["img_size"], "batch_size": settings["batch_size"], "device": settings["device"]}
+
+
+def read_costs(out: Path, settings: dict) -> tuple[dict | None, str]:
+    """(costs.json of `out`, "") when it matches the study's settings, else (None, why not)."""
+    path = out / COSTS_FILE
+    if not path.is_file():
+        return None, ""
+    costs = json.loads(path.read_text())
+    if costs.get("settings") != cost_settings(settings):
+        return None, f"{path.name} is from other settings ({costs.get('settings')}): ignored; delete it to remeasure"
+    return costs, ""
+
+
+def cost_ratio(costs: dict, vil: str, stock: str, kind: str) -> str:
+    """'1.23x / 1.20x' (min/min / median/median; memory: one ratio) or n/a."""
+    a, b = costs["models"].get(vil, {}), costs["models"].get(stock, {})
+    if kind == "train_mem":
+        return f"{a['train_mem_mb'] / b['train_mem_mb']:.2f}x" if a.get("train_mem_mb") and b.get("train_mem_mb") \
+            else NA  # fmt: skip
+    if not (a.get(f"{kind}_min_ms") and b.get(f"{kind}_min_ms")):
+        return NA
+    return f"{a[f'{kind}_min_ms'] / b[f'{kind}_min_ms']:.2f}x / {a[f'{kind}_median_ms'] / b[f'{kind}_median_ms']:.2f}x"
+
+
+def cost_lines(comparisons: list[Comparison], costs: dict | None) -> list[str]:
+    if not costs:
+        return ["", "The per-seed time ratios above come from runs that were each timed alone, under whatever load the "
+                "machine had then; `--costs` measures every model side by side in one process (not run here)."]
+    lines = ["", f"Cost measured side by side ({costs['how']}), ViL / stock, min/min / median/median:", ""]
+    for c in comparisons:
+        parts = [f"{name} {cost_ratio(costs, c.vil, c.stock, kind)}" for kind, name in COST_KINDS]
+        lines.append(f"- {c.vil} / {c.stock}: " + "; ".join(parts))
+    lines += ["", "Prefer these to the per-seed time ratios: each training run was timed alone, under the load of "
+              "its hour, while here every model takes its turn in each round and all share the same noise."]
+    return lines
+
+
+def measure_costs(models: list[dict], settings: dict, names: list[str], out: Path, threads: int | None) -> dict:
+    """Every model of the study built from its YAML and timed side by side (ultra_vil.yolo.costs): fwd+bwd at the
+    study's batch and image size, batch-1 fused inference in PyTorch and ONNX Runtime. Writes out/costs.json."""
+    import datetime
+
+    import torch
+
+    from ultra_vil import measure
+    from ultra_vil.checkpoints import atomic_write
+    from ultra_vil.yolo import costs as C
+
+    if threads:
+        torch.set_num_threads(threads)  # as in the training runs (Ultralytics' CPU default)
+    device = torch.device(settings["device"])
+    s = C.CostSettings(size=settings["img_size"], batch=settings["batch_size"], rounds=10, max_seconds=120.0,
+                       latency_rounds=30, onnx=settings["onnx"], amp=device.type == "cuda")  # fmt: skip
+    for m in models:
+        if m["yaml"]:
+            register_vil(required=True)
+            break
+    built = C.build({m["tag"]: m["cfg"] for m in models}, nc=max(len(names), 1), device=device)
+    res = C.measure_costs(built, s, device)
+    per = {}
+    for tag in built:
+        entry = {"train_min_ms": round(res["train"][tag]["min"], 3), "train_median_ms": round(res["train"][tag]["median"], 3),
+                 "train_mem_mb": round(res["train_mem_mb"][tag], 1), "rounds_train": len(res["train"][tag]["times"]),
+                 "torch_min_ms": round(res["torch"][tag]["min"], 3),
+                 "torch_median_ms": round(res["torch"][tag]["median"], 3),
+                 "rounds_latency": len(res["torch"][tag]["times"])}  # fmt: skip
+        if tag in res["onnx"]:
+            entry.update(onnx_min_ms=round(res["onnx"][tag]["min"], 3), onnx_median_ms=round(res["onnx"][tag]["median"], 3))
+        per[tag] = entry
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    how = (f"compare.py --costs, {stamp}, {measure.device_name(device)}, {torch.get_num_threads()} thread(s); one "
+           f"process, every model once per round; fwd+bwd of the network at batch {s.batch}, {s.size} px, loss "
+           f"excluded, min {s.min_rounds} rounds; batch-1 fused inference, {s.latency_rounds} rounds; ONNX: "
+           f"{res['onnx_note']}; memory: torch's CPU allocations (profiler) or CUDA's allocator peak, one fwd+bwd")
+    costs = {"settings": cost_settings(settings), "how": how, "models": per}
+    atomic_write(out / COSTS_FILE, json.dumps(costs, indent=2))
+    return costs
 
 
 # -------------------------------------------------------------------------------------------------------- jobs
@@ -482,6 +571,22 @@ def run(args, argv: list[str] | None = None) -> int:
             rows.append(saved["row"])
             notes[(model["tag"], seed)] = saved.get("notes", {})
             names = names or saved["names"]
+    if getattr(args, "costs", False):  # also with --report: it measures, but trains nothing
+        costs, why = read_costs(out, settings)
+        if why:
+            print(why, flush=True)
+        elif costs and all(m["tag"] in costs["models"] for m in models):
+            print(f"costs: {out / COSTS_FILE} holds every model: not measured again (delete it to remeasure)")
+        elif holder := claim(out / "jobs" / "costs.lock"):
+            print(f"costs: being measured in another process ({holder}), skipped", flush=True)
+        else:
+            print(f"costs: every model side by side, {settings['img_size']} px ...", flush=True)
+            try:
+                threads = next((json.loads(f.read_text()).get("env", {}).get("threads")
+                                for f in sorted((out / "rows").glob("*.json"))), None)  # fmt: skip
+                measure_costs(models, settings, names or data_names(data), out, threads)
+            finally:
+                (out / "jobs" / "costs.lock").unlink(missing_ok=True)
     write_csv(out / "compare.csv", rows, names)
     write_md(out / "compare.md", rows, notes, failed, models, settings, names, argv, out)
     write_png(out / "compare.png", rows, [m["tag"] for m in models])
@@ -795,7 +900,7 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
     lines = [
         f"# ViL vs stock YOLO at scale {settings['scale']} on {data_name}",
         "",
-        *verdict_lines(comparisons),
+        *verdict_lines(comparisons, read_costs(out, settings)[0]),
         "## Runs",
         "",
         f"Data: `{data_shown}`{split_counts}, {len(names)} class(es). "
@@ -873,6 +978,13 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
                 lines.append(f"| {tag} | " + " | ".join(cell([r[f'ap50_95_{n}'] for r in rs]) for n in names) + " |")
         lines.append("")
     path.write_text("\n".join(lines))
+
+
+def data_names(data: Path) -> list[str]:
+    """The class names of a data YAML (the costs' nc before any run has finished)."""
+    from ultra_vil.data.yolo_check import read_data_yaml
+
+    return read_data_yaml(data).names
 
 
 def _split_counts(data: Path) -> str:
