@@ -40,7 +40,7 @@ def compare_block(path: Path) -> list[str]:
     if not comparisons:
         lines += ["No ViL model has a finished seed paired with its stock baseline yet: no verdict."]
     else:
-        lines += ["| ViL model vs stock | seeds | mAP50-95 difference [95% CI] | mAP50 difference [95% CI] | verdict | "
+        lines += ["| model vs stock | seeds | mAP50-95 difference [95% CI] | mAP50 difference [95% CI] | verdict | "
                   + " | ".join(f"{n} (x)" for n in names.values()) + " |", "|---" * (5 + len(names)) + "|"]  # fmt: skip
     for c in comparisons:
         ratios = []
@@ -52,8 +52,8 @@ def compare_block(path: Path) -> list[str]:
     settings = path.parent / "settings.json"
     costs = C.read_costs(path.parent, json.loads(settings.read_text()))[0] if settings.is_file() else None
     if costs and comparisons:  # the side-by-side costs (compare.py --costs): time ratios that load does not bend
-        lines += ["", f"Cost measured side by side ({costs['how']}); ViL / stock, min/min / median/median:", "",
-                  "| ViL model vs stock | " + " | ".join(n for _, n in C.COST_KINDS) + " |",
+        lines += ["", f"Cost measured side by side ({costs['how']}); model / stock, min/min / median/median:", "",
+                  "| model vs stock | " + " | ".join(n for _, n in C.COST_KINDS) + " |",
                   "|---" * (1 + len(C.COST_KINDS)) + "|"]  # fmt: skip
         for c in comparisons:
             lines.append(f"| {c.vil} vs {c.stock} | "

@@ -155,7 +155,7 @@ class Comparison:
     def line(self) -> str:
         d = self.diffs
         return (f"- **{self.vil} vs {self.stock}: {self.verdict}** (mAP50-95 difference {d['map50_95'].text()}, "
-                f"mAP50 {d['map50'].text()}; ViL - stock, mean [95% paired t-interval] over "
+                f"mAP50 {d['map50'].text()}; model - stock, mean [95% paired t-interval] over "
                 f"{d[DECIDING_METRIC].n} seed(s))")  # fmt: skip
 
 
@@ -202,7 +202,7 @@ def verdict_lines(comparisons: list[Comparison], costs: dict | None = None) -> l
     if not comparisons:
         return lines + ["No ViL model has a stock baseline with finished runs: nothing to decide.", ""]
     lines += [c.line() for c in comparisons]
-    lines += ["", "Cost, ViL / stock per seed (mean ± std over seeds, [min, max]):", ""]
+    lines += ["", "Cost, model / stock per seed (mean ± std over seeds, [min, max]):", ""]
     names = {"latency_ms_torch": "latency PyTorch", "latency_ms_onnx": "latency ONNX RT",
              "train_s_per_epoch": "train time per epoch", "peak_mem_mb": "peak memory"}  # fmt: skip
     for c in comparisons:
@@ -266,7 +266,7 @@ def cost_lines(comparisons: list[Comparison], costs: dict | None) -> list[str]:
     if not costs:
         return ["", "The per-seed time ratios above come from runs that were each timed alone, under whatever load the "
                 "machine had then; `--costs` measures every model side by side in one process (not run here)."]
-    lines = ["", f"Cost measured side by side ({costs['how']}), ViL / stock, min/min / median/median:", ""]
+    lines = ["", f"Cost measured side by side ({costs['how']}), model / stock, min/min / median/median:", ""]
     for c in comparisons:
         parts = [f"{name} {cost_ratio(costs, c.vil, c.stock, kind)}" for kind, name in COST_KINDS]
         lines.append(f"- {c.vil} / {c.stock}: " + "; ".join(parts))
