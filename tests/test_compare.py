@@ -238,3 +238,24 @@ def test_costs_of_other_settings_are_ignored_and_absent_costs_are_named(tmp_path
     assert compare.cost_ratio(got, "a", "b", "onnx") == compare.NA  # not measured: said, not invented
     assert compare.cost_ratio(got, "a", "c", "train") == compare.NA
     assert "--costs" in "\n".join(compare.cost_lines([], None))
+
+
+def test_report_names_a_run_whose_checkpoint_scores_far_from_the_trainer(first_run, tiny, tmp_path):
+    """A last.pt that validates far from the trainer's own final validation (a float16 checkpoint that saturated)
+    is named in compare.md's notes; the untouched runs are not."""
+    out, _, vil = first_run
+    _, data, _ = tiny
+    copy = tmp_path / "cmp"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.pt", "*.onnx"))
+    results = copy / "runs" / "yolov8n_seed1" / "results.csv"
+    lines = results.read_text().splitlines()
+    header = [h.strip() for h in lines[0].split(",")]
+    last = lines[-1].split(",")
+    row = read_csv(copy / "compare.csv")[1]
+    assert (row["model"], row["seed"]) == ("yolov8n", "1")
+    last[header.index("metrics/mAP50-95(B)")] = f"{float(row['map50_95']) + 0.5:.5f}"
+    results.write_text("\n".join([*lines[:-1], ",".join(last)]) + "\n")
+    assert compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--out-dir", str(copy), "--report"]) == 0
+    notes = (copy / "compare.md").read_text().split("## Notes and `n/a` values", 1)[1].split("\n## ", 1)[0]
+    assert "- yolov8n seed 1: last.pt scores mAP50-95" in notes and "checkpoint_range.py" in notes
+    assert notes.count("last.pt scores") == 1

@@ -965,6 +965,7 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
     for (tag, seed), ns in notes.items():
         for col, why in ns.items():
             na_lines.append(f"- {tag} seed {seed}, `{col}`: {why}")
+    na_lines += checkpoint_gaps(rows, out)
     if na_lines:
         lines += ["## Notes and `n/a` values", *na_lines, ""]
     if failed:
@@ -978,6 +979,29 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
                 lines.append(f"| {tag} | " + " | ".join(cell([r[f'ap50_95_{n}'] for r in rs]) for n in names) + " |")
         lines.append("")
     path.write_text("\n".join(lines))
+
+
+CHECKPOINT_GAP = 0.02  # mAP50-95: last.pt vs the trainer's own final validation, beyond float16 rounding
+
+
+def checkpoint_gaps(rows: list[dict], out: Path) -> list[str]:
+    """Runs whose last.pt scores far from the trainer's final validation of the same weights (results.csv, last
+    row). Ultralytics validates its fp32 EMA model but saves it in float16; a tensor beyond float16's range (65504)
+    saturates in the file and the reloaded model differs (scripts/checkpoint_range.py names such tensors)."""
+    lines = []
+    for r in rows:
+        csv_file = out / "runs" / f"{r['model']}_seed{r['seed']}" / "results.csv"
+        if not csv_file.is_file() or r["map50_95"] in (NA, ""):
+            continue
+        with open(csv_file, newline="") as f:
+            last = (list(csv.DictReader(f)) or [{}])[-1]
+        trainer = _number({k.strip(): v for k, v in last.items()}.get("metrics/mAP50-95(B)"))
+        if trainer and abs(float(r["map50_95"]) - trainer) > CHECKPOINT_GAP:
+            lines.append(f"- {r['model']} seed {r['seed']}: last.pt scores mAP50-95 {float(r['map50_95']):.3f}, but the "
+                         f"trainer's final validation of the same run read {trainer:.3f} (its fp32 EMA model; last.pt "
+                         "holds it in float16): run scripts/checkpoint_range.py on the run's weights for tensors "
+                         "beyond float16's range")  # fmt: skip
+    return lines
 
 
 def data_names(data: Path) -> list[str]:
