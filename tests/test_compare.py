@@ -130,10 +130,9 @@ def test_rerun_skips_finished_work(first_run, tiny, capsys):
     _, data, _ = tiny
     watched = sorted(out.glob("rows/*.json")) + sorted(out.glob("runs/*/weights/last.pt"))
     assert len(watched) == 8
-    before = {p: p.stat().st_mtime_ns for p in watched}
-    capsys.readouterr()
     watched.append(out / "costs.json")
     before = {p: p.stat().st_mtime_ns for p in watched}
+    capsys.readouterr()
     rc = compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--costs", "--out-dir", str(out)])
     text = capsys.readouterr().out
     assert rc == 0

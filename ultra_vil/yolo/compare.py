@@ -275,7 +275,7 @@ def cost_lines(comparisons: list[Comparison], costs: dict | None) -> list[str]:
     return lines
 
 
-def measure_costs(models: list[dict], settings: dict, names: list[str], out: Path, threads: int | None) -> dict:
+def measure_study_costs(models: list[dict], settings: dict, names: list[str], out: Path, threads: int | None) -> dict:
     """Every model of the study built from its YAML and timed side by side (ultra_vil.yolo.costs): fwd+bwd at the
     study's batch and image size, batch-1 fused inference in PyTorch and ONNX Runtime. Writes out/costs.json."""
     import datetime
@@ -291,21 +291,15 @@ def measure_costs(models: list[dict], settings: dict, names: list[str], out: Pat
     device = torch.device(settings["device"])
     s = C.CostSettings(size=settings["img_size"], batch=settings["batch_size"], rounds=10, max_seconds=120.0,
                        latency_rounds=30, onnx=settings["onnx"], amp=device.type == "cuda")  # fmt: skip
-    for m in models:
-        if m["yaml"]:
-            register_vil(required=True)
-            break
     built = C.build({m["tag"]: m["cfg"] for m in models}, nc=max(len(names), 1), device=device)
     res = C.measure_costs(built, s, device)
     per = {}
-    for tag in built:
-        entry = {"train_min_ms": round(res["train"][tag]["min"], 3), "train_median_ms": round(res["train"][tag]["median"], 3),
-                 "train_mem_mb": round(res["train_mem_mb"][tag], 1), "rounds_train": len(res["train"][tag]["times"]),
-                 "torch_min_ms": round(res["torch"][tag]["min"], 3),
-                 "torch_median_ms": round(res["torch"][tag]["median"], 3),
+    for tag in built:  # {kind}_min_ms / {kind}_median_ms, the keys cost_ratio reads
+        entry = {"train_mem_mb": round(res["train_mem_mb"][tag], 1), "rounds_train": len(res["train"][tag]["times"]),
                  "rounds_latency": len(res["torch"][tag]["times"])}  # fmt: skip
-        if tag in res["onnx"]:
-            entry.update(onnx_min_ms=round(res["onnx"][tag]["min"], 3), onnx_median_ms=round(res["onnx"][tag]["median"], 3))
+        for kind in ("train", "torch", "onnx"):
+            if tag in res[kind]:
+                entry.update({f"{kind}_{stat}_ms": round(res[kind][tag][stat], 3) for stat in ("min", "median")})
         per[tag] = entry
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     how = (f"compare.py --costs, {stamp}, {measure.device_name(device)}, {torch.get_num_threads()} thread(s); one "
@@ -561,7 +555,7 @@ def run(args, argv: list[str] | None = None) -> int:
             failed[(model["tag"], seed)] = why
             print(f"{label}: FAILED: {why}", flush=True)
 
-    rows, notes, names, missing = [], {}, [], []
+    rows, notes, names, missing, threads = [], {}, [], [], None
     for model, seed in runs:
         row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
         if not row_file.is_file():
@@ -571,6 +565,7 @@ def run(args, argv: list[str] | None = None) -> int:
             rows.append(saved["row"])
             notes[(model["tag"], seed)] = saved.get("notes", {})
             names = names or saved["names"]
+            threads = threads or saved.get("env", {}).get("threads")  # what the runs trained with
     if getattr(args, "costs", False):  # also with --report: it measures, but trains nothing
         costs, why = read_costs(out, settings)
         if why:
@@ -582,9 +577,7 @@ def run(args, argv: list[str] | None = None) -> int:
         else:
             print(f"costs: every model side by side, {settings['img_size']} px ...", flush=True)
             try:
-                threads = next((json.loads(f.read_text()).get("env", {}).get("threads")
-                                for f in sorted((out / "rows").glob("*.json"))), None)  # fmt: skip
-                measure_costs(models, settings, names or data_names(data), out, threads)
+                measure_study_costs(models, settings, names or data_names(data), out, threads)
             finally:
                 (out / "jobs" / "costs.lock").unlink(missing_ok=True)
     write_csv(out / "compare.csv", rows, names)
