@@ -24,13 +24,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device"))
 
 
-def load_script(name: str):
-    """scripts/<name>.py as a module (registered in sys.modules, as its dataclasses need)."""
+def load_script(name: str, folder: str = "scripts"):
+    """<folder>/<name>.py of the repository (scripts/ by default) as a module (registered in sys.modules, as its
+    dataclasses need)."""
     import importlib.util
     import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"{name}_script", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -5,11 +5,13 @@ neighbourhood sums for the conv, einsum for the block-diagonal projections, the 
 test_mlstm, a hand-written group norm. Grids are rectangular (H != W) so that a transposed reshape cannot pass.
 """
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 
 from test_mlstm import reference as mlstm_reference
 from ultra_vil.vil import TRAVERSALS, ViLBlock, ViLBlockPair, ViLLayer, ViLStack, block_directions
@@ -205,7 +207,7 @@ def test_reference_initialisation():
     assert abs(layer.proj_down.weight.std().item() - 2 / 192**0.5) < 0.01  # wang_init, num_blocks = 1
 
 
-FIXTURE = Path(__file__).parent / "fixtures" / "vil_fixture.pth"
+FIXTURE = Path(__file__).parent / "fixtures" / "vil_fixture.json"
 FIXTURE_MODELS = {  # name -> constructor, as in tests/fixtures/make_vil_fixture.py
     "pair": lambda: ViLBlockPair(16),
     "cls": lambda: ViLStack(8, 2, "alternating"),
@@ -213,21 +215,38 @@ FIXTURE_MODELS = {  # name -> constructor, as in tests/fixtures/make_vil_fixture
 }
 
 
-@pytest.mark.parametrize("name", list(FIXTURE_MODELS))
-def test_checkpoint_of_commit_3c73528_gives_identical_outputs(name):
-    """State dicts saved by the code of commit 3c73528 load strictly and give its float64 outputs.
+@pytest.fixture(scope="module")
+def rebuilt_fixture_models():
+    """make_vil_fixture.build(): the fixture's state dicts and inputs, regenerated (no weights are committed)."""
+    return load_script("make_vil_fixture", "tests/fixtures").build()
 
-    The fixture covers row_fwd and row_bwd (the pair), the middle-CLS path and the column traversals; its
-    parameters are all perturbed from the init, so gates, skip and norms all take part.
+
+@pytest.mark.parametrize("name", list(FIXTURE_MODELS))
+def test_checkpoint_of_commit_3c73528_gives_identical_outputs(name, rebuilt_fixture_models):
+    """State dicts as the code of commit 3c73528 saved them load strictly and give its float64 outputs.
+
+    The weights are regenerated (seeded), and the fixture file pins them to the old code: the names in order,
+    every tensor's shape and sum, the inputs' sum, and the old code's outputs. The fixture covers row_fwd and
+    row_bwd (the pair), the middle-CLS path and the column traversals; its parameters are all perturbed from the
+    init, so gates, skip and norms all take part.
     """
-    saved = torch.load(FIXTURE, weights_only=True)[name]
+    saved = json.loads(FIXTURE.read_text())[name]
+    rebuilt = rebuilt_fixture_models[name]
+    state = rebuilt["state_dict"]
     model = FIXTURE_MODELS[name]().double().eval()
-    assert list(model.state_dict()) == list(saved["state_dict"])  # the names and their order are the contract
-    model.load_state_dict(saved["state_dict"], strict=True)
+    assert list(model.state_dict()) == saved["names"]  # the names and their order are the contract
+    assert [list(v.shape) for v in state.values()] == saved["shapes"]
+    sums = torch.tensor([float(v.double().sum()) for v in state.values()], dtype=torch.float64)
+    torch.testing.assert_close(sums, torch.tensor([float.fromhex(s) for s in saved["sums"]], dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12,
+                               msg="the regenerated weights differ from 3c73528's (init or perturbation changed)")
+    assert abs(float(rebuilt["x"].sum()) - float.fromhex(saved["x_sum"])) < 1e-12
+    model.load_state_dict(state, strict=True)
     with torch.no_grad():
-        args = (saved["grid"],) if saved["cls_index"] is None else (saved["grid"], saved["cls_index"])
-        y = model(saved["x"], *args)
-    torch.testing.assert_close(y, saved["y"], rtol=1e-12, atol=1e-12)
+        args = (tuple(saved["grid"]),) if saved["cls_index"] is None else (tuple(saved["grid"]), saved["cls_index"])
+        y = model(rebuilt["x"], *args)
+    expected = torch.tensor([float.fromhex(v) for v in saved["y"]], dtype=torch.float64).reshape(saved["y_shape"])
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("bias", [True, False])
