@@ -24,6 +24,7 @@ taken by Ultralytics like its `TorchVision` module (arguments as written, `Index
 from __future__ import annotations
 
 import os
+import warnings
 from numbers import Real
 from pathlib import Path
 
@@ -305,6 +306,7 @@ _NOT_LAYER_KEYS = ("name", "num_classes", "drop_path", "checkpoint", "legacy_nor
 # parameter budget, and the YAMLs differ only in the module name.
 
 from ultra_vil.sequencer import SequencerBlock  # imported here: this section is self-contained
+from ultra_vil.vil import LayerNorm
 from ultra_vil.vim import VimBlock
 
 __all__ += ("SequencerC2f", "SequencerStage", "VimC2f", "VimStage")
@@ -392,7 +394,11 @@ class VimStage(_TokenStage):
     """Channel-preserving Vim stage: (B, C, H, W) -> (B, C, H, W), `n` pairs of Vim blocks (2n blocks).
 
     Each Vim block runs a selective SSM forward and backward over the row-major sequence and averages the two
-    (`ultra_vil.vim.VimMixer`), pre-norm residual. No positional embedding: any H x W works.
+    (`ultra_vil.vim.VimMixer`), pre-norm residual. No positional embedding: any H x W works. The stage ends in a
+    LayerNorm, as Vim's models end in their final norm: without it the residual stream grows with training (the
+    blocks only add to it), and the BatchNorm of the 1x1 conv that reads it (VimC2f's cv2) saw running variances
+    past float16's 65504, which Ultralytics' float16 checkpoints saturate (a reloaded model then scored 0.06
+    mAP50-95 where the trainer measured 0.20).
 
     Args:
         c1: Input channels (inferred by Ultralytics).
@@ -417,6 +423,35 @@ class VimStage(_TokenStage):
         self.blocks = nn.ModuleList(
             VimBlock(c1, drop_path, expansion=expansion, state_size=state_size) for _ in range(2 * n)
         )
+        self.norm = LayerNorm(c1)  # Vim's final norm (norm_f): bounds the residual stream the next layers read
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        seq = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C), row-major
+        for block in self.blocks:
+            seq = block(seq, (H, W))  # (B, H*W, C)
+        seq = self.norm(seq)  # (B, H*W, C)
+        return seq.transpose(1, 2).reshape(B, C, H, W)  # (B, H*W, C) -> (B, C, H, W)
+
+    def __setstate__(self, state: dict) -> None:
+        """A stage unpickled from a checkpoint written before the output norm existed runs without it (as trained)."""
+        super().__setstate__(state)
+        if "norm" not in self._modules:
+            self._modules["norm"] = nn.Identity()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args) -> None:
+        """A state dict that holds this stage's blocks but no output norm was trained without one: the stage
+        keeps that function (the norm becomes an Identity, with a warning) instead of failing or silently adding
+        a fresh norm. A state dict without the blocks (weights of another model) leaves the norm in place."""
+        if f"{prefix}blocks.0.norm.weight" in state_dict and f"{prefix}norm.weight" not in state_dict:
+            if isinstance(self.norm, LayerNorm):
+                warnings.warn(
+                    f"{type(self).__name__} {prefix.rstrip('.')!r}: the weights predate the stage's output norm; it "
+                    "runs without it, as trained (its float16 checkpoints can saturate: retrain to get the norm)",
+                    stacklevel=2,
+                )
+                self.norm = nn.Identity()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
 
 
 class SequencerC2f(_MixerC2f):

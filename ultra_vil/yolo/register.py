@@ -1,7 +1,7 @@
 """The one place where ultra-vil touches Ultralytics internals: make the ViL modules usable in model YAMLs.
 
 Ultralytics 8.4 has no plug-in mechanism for model layers (see research/ultralytics-integration.md), so
-`register()` does four things, each checked, all idempotent:
+`register()` does the following, each checked, all idempotent:
 
 1. Name injection: `parse_model` resolves a YAML module name with `globals()[name]` inside
    `ultralytics.nn.tasks`, so every class of `MODULES` is set as an attribute of that module.
@@ -20,6 +20,10 @@ Ultralytics 8.4 has no plug-in mechanism for model layers (see research/ultralyt
    the recipe exempts them), position embedding and `learnable_skip`. The method is wrapped (once, when the
    trainer module is loaded, checked at each model build) to move exactly those parameters of our modules into
    its no-decay group; stock models get the stock groups.
+6. Float16 checkpoint guard: `BaseTrainer.save_model` is wrapped (the same way) to warn, naming the tensor, when
+   the float32 EMA of a model holding our modules has a value beyond float16's range, which the checkpoint
+   Ultralytics writes in float16 would clamp (`ultra_vil.fp16_range`).
+7. YAMLs by name: `check_yaml` is wrapped so that `model=yolov8n-vil.yaml` finds the packaged YAMLs from any folder.
 
 `ViLBackbone` is a multi-output layer taken like Ultralytics' `TorchVision` (arguments as written): its name is
 injected but it is in neither set; its string arguments (preset, weights path) are quoted before parsing, since
@@ -45,6 +49,7 @@ from torch import nn
 
 from ultra_vil import classifier, sequencer, vil, vim
 from ultra_vil.errors import UserError
+from ultra_vil.fp16_range import float16_overflows, overflow_message
 from ultra_vil.yolo import modules
 from ultra_vil.yolo.modules import ViLArgumentError, ViLBackbone, ViLC2f, ViLStage
 
@@ -114,6 +119,7 @@ def register(tasks: ModuleType | None = None) -> ModuleType:
             nn_pkg.parse_model = wrapper
     torch.serialization.add_safe_globals(module_classes())
     patch_optimizer_groups()
+    patch_checkpoint_guard()
     patch_yaml_lookup(tasks)
     return tasks
 
@@ -257,6 +263,7 @@ def _with_layer_errors(patched: FunctionType, original: FunctionType) -> Functio
     @functools.wraps(original)
     def parse_model(d, *args, **kwargs):
         patch_optimizer_groups()  # a trainer builds its model here, before its optimizer: the latest point to patch
+        patch_checkpoint_guard()
         d = _quote_plain_args(d)
         try:
             return patched(d, *args, **kwargs)
@@ -403,6 +410,52 @@ def patch_optimizer_groups() -> bool:
     setattr(build_optimizer, _PATCHED_OPT, True)
     build_optimizer._ultra_vil_original = original
     trainer_cls.build_optimizer = build_optimizer
+    return True
+
+
+# ---------------------------------------------------------------------------------- float16 checkpoint guard
+_PATCHED_SAVE = "_ultra_vil_fp16_guard"
+
+
+def float16_warnings(model: nn.Module, seen: set[str]) -> list[str]:
+    """Messages for the tensors of `model` that a float16 checkpoint saturates, if `model` holds an ultra-vil
+    module (stock models are Ultralytics' business), each tensor named once per `seen` set (once per run)."""
+    if not any(isinstance(m, _OUR_MODULES) for m in model.modules()):
+        return []
+    out = []
+    for name, value in float16_overflows(model):
+        if name not in seen:
+            seen.add(name)
+            out.append(overflow_message(name, value))
+    return out
+
+
+def _guarded_save(original: FunctionType) -> FunctionType:
+    @functools.wraps(original)
+    def save_model(self, *args, **kwargs):
+        ema = getattr(getattr(self, "ema", None), "ema", None)
+        if isinstance(ema, nn.Module):
+            seen = self.__dict__.setdefault("_ultra_vil_fp16_seen", set())
+            for message in float16_warnings(ema, seen):
+                from ultralytics.utils import LOGGER
+
+                LOGGER.warning(message)
+        return original(self, *args, **kwargs)
+
+    setattr(save_model, _PATCHED_SAVE, True)
+    save_model._ultra_vil_original = original
+    return save_model
+
+
+def patch_checkpoint_guard() -> bool:
+    """Wrap `BaseTrainer.save_model` once, if the trainer module is loaded, so that each save first warns (through
+    Ultralytics' LOGGER, once per tensor and run) about every tensor of the float32 EMA beyond float16's range;
+    returns whether the wrapper is in place. The checkpoint itself is written unchanged."""
+    trainer_cls = getattr(_loaded_module("ultralytics.engine.trainer"), "BaseTrainer", None)
+    if trainer_cls is None:
+        return False
+    if not getattr(trainer_cls.save_model, _PATCHED_SAVE, False):
+        trainer_cls.save_model = _guarded_save(trainer_cls.save_model)
     return True
 
 
