@@ -38,9 +38,15 @@ Writes into --out-dir:
     compare.png   bars (mean, error bar = std over seeds) and every seed as a point
     costs.json    with --costs: every model timed side by side in one process (rounds interleaved, so the ratios
                   hold on a busy machine where each run's own timings do not); compare.md shows those ratios too
-    settings.json the settings every run shares; runs/<model>_seed<k>/ Ultralytics' run folders;
-    rows/<model>_seed<k>.json one finished run (resumable: a run with a row is not trained again);
+    settings.json the settings every run shares (the data YAML by its sha, and by its path relative to the
+                  repository, so a clone elsewhere resumes or reports the same study); runs/<model>_seed<k>/
+                  Ultralytics' run folders;
+    rows/<model>_seed<k>.json one finished run (resumable: a run with a row is not trained again; a row that
+                  cannot be read is named in a warning and trained again, and with --report it is an error)
     logs/<model>_seed<k>.log  the output of that run's process
+    jobs/<model>_seed<k>.lock held (flock) by the process that trains the run, so that processes sharing the
+                  out-dir train each run once; freed by the kernel when that process dies, and a run's process
+                  dies with the compare.py that started it
 
 The work (jobs, workers, measurements, statistics, reports) is ultra_vil/yolo/compare.py; this file parses.
 """
@@ -48,12 +54,12 @@ The work (jobs, workers, measurements, statistics, reports) is ultra_vil/yolo/co
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from ultra_vil.errors import UserError, describe
 from ultra_vil.yolo.compare import *  # the library half; tests and users reach it through this script
-from ultra_vil.yolo.compare import read_protocol, run, worker
+from ultra_vil.yolo.compare import read_protocol, run, worker_main
 
 
 # --------------------------------------------------------------------------------------------------- arguments
@@ -103,14 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, 1 if a run failed, 2 for an error the user can fix (a UserError: one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.protocol:  # the file's values become the defaults, so a flag on the command line still wins
-        parser.set_defaults(**read_protocol(args.protocol, parser))
-        args = parser.parse_args(argv)
-    if args.worker:  # the job process of older versions (jobs now start `python -m ultra_vil.yolo.compare`)
-        return worker(json.loads(Path(args.worker).read_text()))
-    return run(args, argv)
+    try:
+        if args.protocol:  # the file's values become the defaults, so a flag on the command line still wins
+            parser.set_defaults(**read_protocol(args.protocol, parser))
+            args = parser.parse_args(argv)
+        if args.worker:  # the job process of older versions (jobs now start `python -m ultra_vil.yolo.compare`)
+            return worker_main(args.worker)
+        return run(args, argv)
+    except UserError as e:
+        print(f"error: {describe(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

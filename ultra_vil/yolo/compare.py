@@ -26,6 +26,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,8 @@ NA = "n/a"
 METRICS = ["map50", "map50_95", "precision", "recall"]
 COLUMNS = ["model", "seed", "params", "gflops", *METRICS, "latency_ms_torch", "latency_ms_onnx",
            "train_s_per_epoch", "peak_mem_mb"]  # fmt: skip
-# Settings that change what a run computes: a row is reused only if all of them match.
+# Settings that change what a run computes: a row is reused only if all of them match (the data by its content,
+# data_sha, not by its path: check_settings).
 RUN_SETTINGS = ("data", "epochs", "img_size", "batch_size", "optimizer", "lr0", "device", "workers", "extra")
 # A source checkout (editable install): relative --data / --models paths also resolve against it, and reports show
 # paths inside it relative to it. None when ultra_vil is installed from a wheel.
@@ -331,45 +333,79 @@ def parse_extra(items: list[str]) -> dict[str, Any]:
 
 def read_protocol(path: Path, parser) -> dict[str, Any]:
     """A study's settings from a YAML file whose keys are compare.py's flag names (`img_size` or `img-size`),
-    checked against `parser`: {dest: value} for parser.set_defaults. Unknown keys, wrong types and a file that is
-    not a mapping are errors naming the file (and the line of a YAML syntax error)."""
+    checked against `parser`: {dest: value} for parser.set_defaults.
+
+    Every problem is a UserError naming the file (and the line of a YAML syntax error), the key and the value: an
+    unreadable file, one that is not a mapping, an unknown key, a value of the wrong type. Values are checked, never
+    converted: through int() and float(), `epochs: 2.9` would train 2 epochs, `epochs: true` 1 and `lr0: true` use
+    1.0. Accepted: an integer where a number is expected (`lr0: 1`) or a string (`device: 0`, which YAML reads as
+    an integer); one value for a list flag (`seeds: 3`); an empty list only where the flag takes none (`models:
+    []`, stock only), so `seeds: []`, which would run nothing, is an error as `--seeds` with no value is.
+    """
     import yaml
+
+    from ultra_vil.errors import UserError
 
     path = find_file(str(path))
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as e:
-        raise SystemExit(f"error: --protocol {path}: {e.strerror or e}") from None
+        raise UserError(f"cannot read the protocol: {e.strerror or e}", path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise SystemExit(f"error: --protocol {path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise UserError(f"not valid YAML ({getattr(e, 'problem', e)})", path,
+                        mark.line + 1 if mark is not None else None) from None  # fmt: skip
     if not isinstance(data, dict):
-        raise SystemExit(f"error: --protocol {path}: expected a mapping of compare.py flags, got {type(data).__name__}")
+        raise UserError(f"expected a mapping of compare.py flags, got {type(data).__name__}", path)
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "protocol", "worker")}
     out = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
         action = actions.get(dest)
         if action is None:
-            raise SystemExit(f"error: --protocol {path}: unknown key {key!r} (keys: {', '.join(sorted(actions))})")
-        many = action.nargs in ("*", "+")
-        values = value if isinstance(value, list) else [value]
-        if not many and isinstance(value, list):
-            raise SystemExit(f"error: --protocol {path}: {key}: one value expected, got a list")
+            raise UserError(f"unknown key {key!r} (keys: {', '.join(sorted(actions))})", path)
         if action.nargs == 0:  # a switch such as no_onnx / quiet
             if not isinstance(value, bool):
-                raise SystemExit(f"error: --protocol {path}: {key}: true or false expected, got {value!r}")
+                raise UserError(f"{key}: expected true or false, got {value!r}", path)
             out[dest] = value
             continue
-        try:
-            conv = [action.type(v) if action.type else str(v) for v in values]
-        except (TypeError, ValueError):
-            raise SystemExit(f"error: --protocol {path}: {key}: {value!r} is not a valid value") from None
-        if action.choices is not None and any(v not in action.choices for v in conv):
-            raise SystemExit(f"error: --protocol {path}: {key}: {value!r} not one of {list(action.choices)}")
-        out[dest] = conv if many else conv[0]
+        if action.nargs not in ("*", "+"):
+            if isinstance(value, list):
+                raise UserError(f"{key}: expected one value, got {value!r}", path)
+            out[dest] = _protocol_value(path, str(key), action, value)
+            continue
+        if isinstance(value, dict):
+            raise UserError(f"{key}: expected a list, got {value!r}", path)
+        if value == [] and action.nargs == "+":
+            raise UserError(f"{key}: expected at least one value, got []", path)
+        items = value if isinstance(value, list) else [value]
+        names = [f"{key}[{i}]" for i in range(len(items))] if isinstance(value, list) else [str(key)]
+        out[dest] = [_protocol_value(path, name, action, v) for name, v in zip(names, items)]
     return out
+
+
+def _protocol_value(path: Path, key: str, action, value: Any) -> Any:
+    """One protocol value as its flag's type would parse it, if it has that type (read_protocol says which)."""
+    from ultra_vil.errors import UserError
+
+    integer = isinstance(value, int) and not isinstance(value, bool)  # YAML's true/false are ints to Python
+    if action.type is int:
+        ok, what, conv = integer, "an integer", int
+    elif action.type is float:
+        ok, what, conv = integer or isinstance(value, float), "a number", float
+    elif action.type in (None, str):
+        ok, what, conv = isinstance(value, str) or integer, "a string", str
+    else:  # Path and other parsers of text
+        ok, what, conv = isinstance(value, str), "a string", action.type
+    if not ok:
+        raise UserError(f"{key}: expected {what}, got {value!r}", path)
+    try:
+        converted = conv(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{key}: {value!r} is not a valid value", path) from None
+    if action.choices is not None and converted not in action.choices:
+        raise UserError(f"{key}: {value!r} not one of {list(action.choices)}", path)
+    return converted
 
 
 def resolve_device(device: str) -> str:
@@ -483,12 +519,22 @@ def pick_models(paths: list[str], scale: str, baseline: str = "auto") -> list[di
 
 def run(args, argv: list[str] | None = None) -> int:
     """The whole comparison for parsed scripts/compare.py arguments: train and measure every (model, seed) that
-    has no row yet, each in a fresh process, then write compare.csv / .md / .png. Returns 1 if a run failed."""
+    has no row yet, each in a fresh process, then write compare.csv / .md / .png. Returns 1 if a run failed.
+
+    A rows/*.json that cannot be read as a run's row (cut short, not a mapping, text where a number belongs) is
+    named in a warning and trained again. With --report, which trains nothing, it is an error naming the file:
+    leaving the run out would change the verdicts without a word in the reports. --report builds no model either
+    (preflight is for training; --costs builds them when it measures).
+    """
+    from ultra_vil.errors import UserError
+
     for flag in ("data", "out_dir"):
         if getattr(args, flag) is None:
             raise SystemExit(f"error: --{flag.replace('_', '-')} is required")
     if args.epochs < 1 or args.img_size < 32 or args.batch_size < 1 or args.latency_runs < 1:
         raise SystemExit("error: --epochs, --batch-size, --latency-runs must be >= 1 and --img-size >= 32")
+    if not args.seeds:
+        raise UserError("--seeds: at least one seed is needed")
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"error: --seeds repeats a seed: {args.seeds}")
     extra = parse_extra(args.extra)
@@ -504,19 +550,20 @@ def run(args, argv: list[str] | None = None) -> int:
     models = pick_models(args.models, args.scale, args.baseline)
 
     settings = {
-        "data": str(data), "data_sha": file_sha(data), "scale": args.scale, "epochs": args.epochs,
+        "data": stored_path(data, out), "data_sha": file_sha(data), "scale": args.scale, "epochs": args.epochs,
         "img_size": args.img_size, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr0": args.lr0,
         "device": device, "workers": args.workers, "extra": extra, "latency_runs": args.latency_runs,
         "latency_warmup": args.latency_warmup, "onnx": not args.no_onnx,
     }  # fmt: skip
     check_settings(out / "settings.json", settings)
-    preflight(data, models, args.scale)
+    report_only = getattr(args, "report", False)
+    if not report_only:
+        preflight(data, models, args.scale)
 
     runs = [(m, s) for m in models for s in args.seeds]  # the reports' order
     # Training order: seed by seed (every model at seed 0, then seed 1, ...), so an interrupted study already
     # holds complete pairs. Several compare.py processes may share one --out-dir (CPU cores, GPUs): each run is
     # claimed by a lock file first, and a process skips runs that another live process holds.
-    report_only = getattr(args, "report", False)
     order = [] if report_only else [(m, s) for s in args.seeds for m in models]
     failed: dict[tuple[str, int], str] = {}
     busy: list[str] = []
@@ -524,31 +571,38 @@ def run(args, argv: list[str] | None = None) -> int:
         label = f"[{i}/{len(order)}] {model['tag']} seed {seed}"
         row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
         yaml_sha = model_sha(Path(model["yaml"])) if model["yaml"] else "stock"
-        lock = out / "jobs" / f"{model['tag']}_seed{seed}.lock"
-        holder = claim(lock)  # before looking for the row: another process may finish it in between
-        if holder:
+        held, holder = claim(out / "jobs" / f"{model['tag']}_seed{seed}.lock")  # before looking for the row:
+        if held is None:  # another process may finish it in between
             print(f"{label}: running in another process ({holder}), skipped", flush=True)
             busy.append(f"{model['tag']} seed {seed}")
             continue
-        if row_file.is_file():
-            saved = json.loads(row_file.read_text())
-            if saved.get("yaml_sha") == yaml_sha:
-                lock.unlink(missing_ok=True)
-                print(f"{label}: done before, skipped ({row_file.relative_to(out)})", flush=True)
-                continue
-            print(f"{label}: {model['yaml']} (or its backbone weights) changed since its row was written: training "
-                  "again", flush=True)
-        print(f"{label}: training {args.epochs} epoch(s) at imgsz {args.img_size} on {device} ...", flush=True)
-        job = {**settings, "tag": model["tag"], "cfg": model["cfg"], "vil": model["yaml"] is not None,
-               "yaml_sha": yaml_sha, "seed": seed, "out_dir": str(out), "row_file": str(row_file)}  # fmt: skip
-        t0 = time.time()
         try:
+            if row_file.is_file():
+                try:
+                    saved = read_row(row_file, model["tag"], seed)
+                except UserError as e:
+                    print(f"warning: {e}: treated as missing, training it again", flush=True)
+                else:
+                    if saved.get("yaml_sha") == yaml_sha:
+                        print(f"{label}: done before, skipped ({row_file.relative_to(out)})", flush=True)
+                        continue
+                    print(f"{label}: {model['yaml']} (or its backbone weights) changed since its row was written: "
+                          "training again", flush=True)  # fmt: skip
+            print(f"{label}: training {args.epochs} epoch(s) at imgsz {args.img_size} on {device} ...", flush=True)
+            job = {**settings, "data": str(data), "tag": model["tag"], "cfg": model["cfg"],
+                   "vil": model["yaml"] is not None, "yaml_sha": yaml_sha, "seed": seed, "out_dir": str(out),
+                   "row_file": str(row_file)}  # fmt: skip
+            t0 = time.time()
             ok, why = run_worker(job, out / "jobs" / f"{model['tag']}_seed{seed}.json",
-                                 out / "logs" / f"{model['tag']}_seed{seed}.log", args.quiet)  # fmt: skip
+                                 out / "logs" / f"{model['tag']}_seed{seed}.log", args.quiet, held)  # fmt: skip
         finally:
-            lock.unlink(missing_ok=True)
+            held.release()
         if ok:
-            row = json.loads(row_file.read_text())["row"]
+            try:
+                row = read_row(row_file, model["tag"], seed)["row"]
+            except UserError as e:
+                ok, why = False, f"its row is unusable: {e}"
+        if ok:
             print(f"{label}: finished in {time.time() - t0:.0f} s: mAP50 {fmt(row['map50'])}, mAP50-95 "
                   f"{fmt(row['map50_95'])}, train {fmt(row['train_s_per_epoch'])} s/epoch", flush=True)  # fmt: skip
         else:
@@ -558,28 +612,41 @@ def run(args, argv: list[str] | None = None) -> int:
     rows, notes, names, missing, threads = [], {}, [], [], None
     for model, seed in runs:
         row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
+        if (model["tag"], seed) in failed:
+            continue
         if not row_file.is_file():
             missing.append(f"{model['tag']} seed {seed}")
-        elif (model["tag"], seed) not in failed:
-            saved = json.loads(row_file.read_text())
-            rows.append(saved["row"])
-            notes[(model["tag"], seed)] = saved.get("notes", {})
-            names = names or saved["names"]
-            threads = threads or saved.get("env", {}).get("threads")  # what the runs trained with
+            continue
+        try:
+            saved = read_row(row_file, model["tag"], seed)
+        except UserError as e:
+            if report_only:
+                raise
+            print(f"warning: {e}: left out of the reports", flush=True)  # a run another process holds
+            missing.append(f"{model['tag']} seed {seed}")
+            continue
+        rows.append(saved["row"])
+        notes[(model["tag"], seed)] = saved.get("notes", {})
+        names = names or saved["names"]
+        threads = threads or saved.get("env", {}).get("threads")  # what the runs trained with
     if getattr(args, "costs", False):  # also with --report: it measures, but trains nothing
         costs, why = read_costs(out, settings)
         if why:
             print(why, flush=True)
         elif costs and all(m["tag"] in costs["models"] for m in models):
             print(f"costs: {out / COSTS_FILE} holds every model: not measured again (delete it to remeasure)")
-        elif holder := claim(out / "jobs" / "costs.lock"):
-            print(f"costs: being measured in another process ({holder}), skipped", flush=True)
         else:
-            print(f"costs: every model side by side, {settings['img_size']} px ...", flush=True)
-            try:
-                measure_study_costs(models, settings, names or data_names(data), out, threads)
-            finally:
-                (out / "jobs" / "costs.lock").unlink(missing_ok=True)
+            held, holder = claim(out / "jobs" / "costs.lock")
+            if held is None:
+                print(f"costs: being measured in another process ({holder}), skipped", flush=True)
+            else:
+                try:
+                    if report_only:
+                        preflight(data, models, args.scale)
+                    print(f"costs: every model side by side, {settings['img_size']} px ...", flush=True)
+                    measure_study_costs(models, settings, names or data_names(data), out, threads)
+                finally:
+                    held.release()
     write_csv(out / "compare.csv", rows, names)
     write_md(out / "compare.md", rows, notes, failed, models, settings, names, argv, out)
     write_png(out / "compare.png", rows, [m["tag"] for m in models])
@@ -588,20 +655,98 @@ def run(args, argv: list[str] | None = None) -> int:
     if report_only and missing:
         print(f"--report: {len(missing)} of {len(runs)} run(s) have no row yet ({', '.join(missing)}): the reports "
               "hold the others", flush=True)
-    if busy:
-        print(f"{len(busy)} run(s) were in other processes ({', '.join(busy)}): the reports lack them; run this "
-              "command again once those finish", flush=True)
+    lacking = [r for r in busy if r in missing]  # a busy run whose row exists is in the reports
+    if lacking:
+        print(f"{len(lacking)} run(s) were in other processes ({', '.join(lacking)}): the reports lack them; run "
+              "this command again once those finish", flush=True)
     return 1 if failed else 0
 
 
+def repo_root(folder: Path) -> Path | None:
+    """The repository `folder` lies in: the nearest folder at or above it that holds .git or pyproject.toml; else
+    the checkout ultra_vil runs from (REPO; None when installed from a wheel)."""
+    for p in (folder, *folder.parents):
+        if (p / ".git").exists() or (p / "pyproject.toml").is_file():
+            return p
+    return REPO
+
+
+def stored_path(path: Path, out: Path) -> str:
+    """How settings.json names a file (the data YAML): relative to the out-dir's repository when the file lies in
+    it (datasets/neon-trees.yaml), so that the study reads the same in every clone; else its absolute path."""
+    root = repo_root(out)
+    if root is not None and path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return str(path)
+
+
+def stored_file(name: str, out: Path) -> Path:
+    """The file a settings.json name means (stored_path's inverse; absolute paths of older versions as they are)."""
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    root = repo_root(out)
+    return (root if root is not None else out) / path
+
+
+def read_row(path: Path, tag: str | None = None, seed: int | None = None) -> dict:
+    """A rows/*.json as the worker writes it, checked: {"row": {...}, "names": [...], "notes": {...}, "env": {...},
+    "yaml_sha": ...}, the row of `tag` and `seed` (when given) with a number or n/a in every measured column.
+
+    Anything else raises a one-line UserError naming the file: a file cut short, a list, text where a number
+    belongs would otherwise stop the study with a traceback deep in the statistics, far from the file."""
+    from ultra_vil.errors import UserError
+
+    try:
+        saved = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError("not a text file: cannot be a run's row", path) from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path) from None
+    except OSError as e:
+        raise UserError(f"cannot read it: {e.strerror or e}", path) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("row"), dict):
+        got = "a mapping without a 'row' mapping" if isinstance(saved, dict) else type(saved).__name__
+        raise UserError(f"expected a run's row (a mapping with 'row' and 'names'), got {got}", path)
+    row, names = saved["row"], saved.get("names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"names: expected a list of class names, got {names!r}", path)
+    for key in ("notes", "env"):
+        if not isinstance(saved.get(key, {}), dict):
+            raise UserError(f"{key}: expected a mapping, got {saved[key]!r}", path)
+    if not isinstance(row.get("model"), str) or not isinstance(row.get("seed"), int) or isinstance(row["seed"], bool):
+        raise UserError(f"row: expected a model name and an integer seed, got {row.get('model')!r} seed "
+                        f"{row.get('seed')!r}", path)  # fmt: skip
+    if tag is not None and (row["model"], row["seed"]) != (tag, seed):
+        raise UserError(f"holds the row of {row['model']} seed {row['seed']}, not of {tag} seed {seed}", path)
+    for col in (*COLUMNS[2:], *(f"ap50_{n}" for n in names), *(f"ap50_95_{n}" for n in names)):
+        v = row.get(col)
+        if v != NA and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise UserError(f"row: {col}: expected a number or {NA!r}, got {v!r}", path)
+    return saved
+
+
 def check_settings(path: Path, settings: dict) -> None:
-    """Rows in one out-dir must come from the same settings, or the comparison would mix apples and pears."""
+    """Rows in one out-dir must come from the same settings, or the comparison would mix apples and pears.
+
+    The data YAML counts by its content (data_sha), not its path: the same study in another clone, or a
+    settings.json of an older version (which stored the absolute path of the clone it ran in), is the same study.
+    The file is then rewritten with the settings of now, the data's path in the form stored_path gives."""
     if path.is_file():
-        old = json.loads(path.read_text())
+        from ultra_vil.errors import UserError
+
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as e:
+            raise UserError(f"not valid JSON ({e}); restore it: it records the rows' settings", path) from None
+        if not isinstance(old, dict):
+            raise UserError(f"expected a mapping of settings, got {type(old).__name__}", path)
         diff = [k for k in (*RUN_SETTINGS, "data_sha", "latency_runs", "latency_warmup", "onnx")
-                if old.get(k) != settings.get(k)]  # fmt: skip
+                if k != "data" and old.get(k) != settings.get(k)]  # fmt: skip
         if diff:
             lines = [f"  {k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff]
+            if "data_sha" in diff:
+                lines.append(f"  (data: {old.get('data')!r} there, {settings['data']!r} now)")
             raise SystemExit(f"error: {path.parent} holds runs made with other settings:\n" + "\n".join(lines)
                              + "\nuse another --out-dir (or delete that one)")  # fmt: skip
     path.write_text(json.dumps(settings, indent=2) + "\n")
@@ -651,42 +796,156 @@ def register_vil(required: bool) -> bool:
     return True
 
 
-def claim(lock: Path) -> str:
-    """Take the lock file of one run for this process: '' when taken, else who holds it ("pid N on HOST").
+LOCK_MARK = "flock"  # the third word of a lock file whose holder keeps an flock on it ("PID HOST flock")
 
-    A lock whose process is gone (same host, pid not alive) is stale and taken over; a lock from another host is
-    respected (delete it by hand if that machine died)."""
+
+@dataclass
+class RunLock:
+    """The lock of one run, held: its open lock file, with an exclusive flock (fcntl.flock) on it.
+
+    The kernel drops an flock when the last descriptor of the open file closes, so the lock is held exactly as
+    long as its holder, or a job process that inherited the descriptor (run_worker passes it on), lives: no pid
+    has to be asked whether it is still alive, and a killed holder frees its runs by dying.
+    """
+
+    path: Path
+    fd: int
+
+    def name(self, pid: int) -> None:
+        """Record `pid` as the holder: the process that writes the run, named in other processes' messages."""
+        import socket
+
+        text = f"{pid} {socket.gethostname()} {LOCK_MARK}\n".encode()
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        os.write(self.fd, text)  # over the old text, then cut: a reader never sees the file empty
+        os.ftruncate(self.fd, len(text))
+
+    def release(self) -> None:
+        """Delete the lock file, then close it. In that order: a process that opened the file before it was
+        deleted gets the flock only once it is closed, and then finds the path gone (claim checks it) and starts
+        again on a new file, rather than holding a lock that nobody else can see."""
+        if self.fd < 0:
+            return
+        try:
+            if _same_file(self.path, self.fd):
+                self.path.unlink()
+        except PermissionError:  # Windows deletes no open file (and has no flock to keep): close first
+            os.close(self.fd)
+            self.fd = -1
+            self.path.unlink(missing_ok=True)
+        finally:
+            if self.fd >= 0:
+                os.close(self.fd)
+            self.fd = -1
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file open as `fd` (not deleted, nor replaced by a new one)."""
+    try:
+        st, ours = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _read_lock(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode(errors="replace").strip()
+
+
+def _holder(text: str) -> str:
+    """'pid N on HOST' from a lock file's text; an empty file is a holder that has not written it yet."""
+    words = text.split()
+    return f"pid {words[0]} on {words[1]}" if len(words) >= 2 else "a process that is starting (empty lock file)"
+
+
+def _older_holder(text: str, host: str) -> str:
+    """The holder a lock file names that the flock cannot vouch for: '' when there is none.
+
+    Called with the flock held, so a holder of this version (LOCK_MARK) is gone, and so is one that left an empty
+    file (killed between creating and writing it). An older version wrote "PID HOST" and held no flock: its pid
+    decides, as it did then. Another host's lock is always respected: its pid means nothing here, and not every
+    network file system passes an flock between hosts (delete it by hand if that machine died)."""
+    words = text.split()
+    if len(words) < 2:
+        return ""
+    pid, where = words[0], words[1]
+    if where != host:
+        return f"pid {pid} on {where}"
+    if len(words) >= 3 and words[2] == LOCK_MARK:
+        return ""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return ""
+    except PermissionError:  # alive, another user's
+        pass
+    return f"pid {pid} on {where}"
+
+
+def claim(lock: Path) -> tuple[RunLock | None, str]:
+    """Take the lock file of one run for this process: (the held lock, "") when taken, else (None, who holds it:
+    "pid N on HOST").
+
+    The lock is an flock on the file (see RunLock), taken without waiting, and the file's text only says who holds
+    it. That makes a take-over atomic: of the processes that find a stale lock, the kernel gives the flock to one,
+    and the others are refused. (Reading the holder's pid, asking whether it lives, deleting the file and creating
+    a new one are four steps another process can come between: it deleted a lock that had just been taken, and
+    two processes trained one run into one folder.) A lock is free when nobody holds its flock, whatever pid its
+    file names (a pid can be reused), except that a lock written by an older version of compare.py (no flock) is
+    respected while its pid lives, and a lock from another host always (_older_holder).
+
+    Without fcntl (Windows) the lock file is created exclusively and never taken over: delete a stale one by hand.
+    """
     import socket
 
-    me = f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(2):
+    host = socket.gethostname()
+    try:
+        import fcntl
+    except ImportError:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
         except FileExistsError:
-            try:
-                pid, _, host = lock.read_text().partition(" ")
-            except OSError:
-                continue  # removed meanwhile: try again
-            alive = True
-            if host == socket.gethostname():
-                try:
-                    os.kill(int(pid), 0)
-                except (ValueError, ProcessLookupError):
-                    alive = False
-                except PermissionError:
-                    pass
-            if alive:
-                return f"pid {pid} on {host}"
-            lock.unlink(missing_ok=True)  # stale: its process died without removing it
+            return None, f"{_holder(lock.read_text(errors='replace'))}; if that process died, delete {lock}"
+        held = RunLock(lock, fd)
+        held.name(os.getpid())
+        return held, ""
+    for _ in range(20):
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held by a live process
+            text = _read_lock(fd)
+            os.close(fd)
+            return None, _holder(text)
+        except OSError as e:
+            os.close(fd)
+            from ultra_vil.errors import UserError
+
+            raise UserError(f"cannot lock the run's lock file: {e.strerror or e} (the file system of --out-dir "
+                            "does not support flock?)", lock) from None  # fmt: skip
+        if not _same_file(lock, fd):  # its holder deleted it after we opened it: try again on the new file
+            os.close(fd)
             continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(me)
-        return ""
-    return f"a lock at {lock} that keeps changing"
+        older = _older_holder(_read_lock(fd), host)
+        if older:
+            os.close(fd)
+            return None, older
+        held = RunLock(lock, fd)
+        held.name(os.getpid())
+        return held, ""
+    return None, f"a lock at {lock} that keeps changing"
 
 
-def run_worker(job: dict, job_file: Path, log_file: Path, quiet: bool) -> tuple[bool, str]:
-    """Run one job in a fresh Python process; its output goes to log_file (and the console unless quiet)."""
+def run_worker(job: dict, job_file: Path, log_file: Path, quiet: bool,
+               lock: RunLock | None = None) -> tuple[bool, str]:  # fmt: skip
+    """Run one job in a fresh Python process; its output goes to log_file (and the console unless quiet).
+
+    The job process is tied to this one: it inherits the run's `lock`, which from then on names it (it writes the
+    run) and stays held while it lives, even if this process is gone; it is told this process's pid and dies with
+    it (die_with_parent). If this process stops here (Ctrl-C, an error), the job process is killed and waited for
+    before the caller releases the lock, so no other process can start the run while this one still writes it.
+    """
+    job = {**job, "parent_pid": os.getpid()}
     job_file.write_text(json.dumps(job, indent=2))
     Path(job["row_file"]).unlink(missing_ok=True)
     for stale in (f"{job['tag']}_seed{job['seed']}", f"{job['tag']}_seed{job['seed']}_val"):
@@ -694,17 +953,89 @@ def run_worker(job: dict, job_file: Path, log_file: Path, quiet: bool) -> tuple[
     cmd = [sys.executable, "-m", "ultra_vil.yolo.compare", "--worker", str(job_file)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_file, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        while chunk := proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
-            log.write(chunk)
-            if not quiet:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-        rc = proc.wait()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                pass_fds=(lock.fd,) if lock is not None else ())  # fmt: skip
+        try:
+            if lock is not None:
+                lock.name(proc.pid)
+            while chunk := proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
+                log.write(chunk)
+                if not quiet:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if rc == 0 and Path(job["row_file"]).is_file():
         return True, ""
     tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
     return False, f"exit status {rc}; see {log_file}: " + " | ".join(x.strip()[:200] for x in tail)
+
+
+def die_with_parent(parent: int, poll_s: float = 1.0) -> str:
+    """Make this process (a job) exit when `parent`, the compare.py process that started it, dies: "prctl" or
+    "poll", how.
+
+    An orphaned job would go on training while a rerun, finding its parent gone, takes the run over and deletes
+    the run folder the orphan writes into. Linux: prctl(PR_SET_PDEATHSIG, SIGKILL) through ctypes, the kernel's
+    own notice (sent when the thread that started this process ends: compare.py starts jobs from its main
+    thread). Elsewhere, or where prctl fails: a daemon thread that polls os.getppid() every `poll_s` seconds and
+    exits once it has changed (an orphan is given a new parent). If this process's parent is not `parent` to begin
+    with, a launcher stands between them (an interpreter wrapper that does not exec) or `parent` is gone already:
+    the thread then polls whether `parent` lives. Either way the parent is checked once more right after, for one
+    that died before the watch was set up.
+    """
+    if os.getppid() == parent:
+        def alive() -> bool:
+            return os.getppid() == parent
+
+        how = "prctl" if _set_pdeathsig(signal.SIGKILL) else "poll"
+    else:
+        def alive() -> bool:
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:  # alive, another user's
+                pass
+            return True
+
+        how = "poll"
+    if how == "poll":
+        import threading
+
+        def watch() -> None:
+            while alive():
+                time.sleep(poll_s)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+    if not alive():
+        os._exit(1)
+    return how
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    """prctl(PR_SET_PDEATHSIG, sig) for this process; False where there is no such call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
+def worker_main(job_file: str) -> int:
+    """The job process (`python -m ultra_vil.yolo.compare --worker JOB.json`, started by run_worker): tied to
+    its parent first, then `worker`."""
+    job = json.loads(Path(job_file).read_text())
+    if job.get("parent_pid"):
+        die_with_parent(int(job["parent_pid"]))
+    return worker(job)
 
 
 # ------------------------------------------------------------------------------------------------------ worker
@@ -882,10 +1213,10 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
         env = json.loads((out / "rows" / f"{row['model']}_seed{row['seed']}.json").read_text()).get("env", {})
     cuda = settings["device"].startswith("cuda")
     data_name = Path(settings["data"]).name
-    data_shown = settings["data"]
-    if REPO is not None and Path(data_shown).is_relative_to(REPO):
+    data_shown = settings["data"]  # stored_path's form: relative to the repository when inside it
+    if REPO is not None and Path(data_shown).is_absolute() and Path(data_shown).is_relative_to(REPO):
         data_shown = os.path.relpath(data_shown, REPO)
-    split_counts = _split_counts(Path(settings["data"]))
+    split_counts = _split_counts(stored_file(settings["data"], out))
     pretrained = ", ".join(f"{m['tag']} `{w}`" for m in models for w in m.get("weights") or [])
     pairs = [(m["tag"], m.get("baseline") or models[0]["tag"]) for m in models if m.get("yaml", "") is not None
              and m["tag"] != (m.get("baseline") or models[0]["tag"])]  # fmt: skip
@@ -1054,4 +1385,4 @@ def write_png(path: Path, rows: list[dict], tags: list[str]) -> None:
 if __name__ == "__main__":  # a job process: python -m ultra_vil.yolo.compare --worker JOB.json
     if len(sys.argv) != 3 or sys.argv[1] != "--worker":
         raise SystemExit("usage: python -m ultra_vil.yolo.compare --worker JOB.json (started by scripts/compare.py)")
-    sys.exit(worker(json.loads(Path(sys.argv[2]).read_text())))
+    sys.exit(worker_main(sys.argv[2]))
