@@ -7,6 +7,11 @@ of xLSTM (Sec. 2.3). Every backend must reproduce it, forward and backward, to t
 import importlib
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -490,3 +495,174 @@ def test_input_gate_minus_inf_gives_zero(backend, chunk_size):
                          return_state=True)
     assert torch.equal(h, torch.zeros_like(h))
     assert torch.equal(C, torch.zeros_like(C)) and torch.equal(n, torch.zeros_like(n)) and (m == float("-inf")).all()
+
+
+def gates_with_infinities(S, dtype=torch.float64, seed=0):
+    """make_inputs with infinite gates: a forget gate of -inf (sigmoid 0: forget everything) inside a 16-chunk, at
+    the 64-chunk boundary and the step after it, and at step 100; +inf (forget nothing) at step 30; an input gate of
+    -inf (write nothing) at step 40 and at step 101, right after a -inf forget gate."""
+    q, k, v, i, f = make_inputs(S, dtype, seed)
+    f[:, :, [20, 64, 65, 100]] = -math.inf
+    f[:, :, 30] = math.inf
+    i[:, :, [40, 101]] = -math.inf
+    return [q, k, v, i, f]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("backend,chunk_size", [*CASES, ("chunkwise", 4)])  # chunk 4: 65 chunks, the state loop
+def test_infinite_gates_match_reference(backend, chunk_size, reverse, with_state, dtype):
+    """Forget gates of -inf and +inf and input gates of -inf at steps spread over several chunks: h, the final
+    state and the gradients of all five inputs and of the initial state are finite and equal the float64 recurrence
+    (which handles them exactly: exp(-inf) = 0) to 1e-10 in float64, 1e-4 in float32; with reverse, of the flipped
+    inputs. The parallel and chunkwise forms used to give NaN from the first -inf forget gate on (the cumulative log
+    decays became -inf and their differences -inf - -inf)."""
+    S = 130
+    inputs = gates_with_infinities(S)
+    state = None
+    if with_state:
+        state = [t.detach() for t in reference(*make_inputs(5, seed=12))[1]]
+        state[2] = state[2] + 1.5
+    gen = torch.Generator().manual_seed(4)
+    w_h = torch.randn(B, NH, S, DV, generator=gen, dtype=torch.float64)
+    w_C = torch.randn(B, NH, DK, DV, generator=gen, dtype=torch.float64)
+    w_n = torch.randn(B, NH, DK, generator=gen, dtype=torch.float64)
+
+    def loss(h, C, n, m):  # the true memory exp(m) C and n: scale-free in the stabiliser
+        e = torch.exp(m.double())
+        memory = (C.double() * e[..., None, None] * w_C).sum() + (n.double() * e[..., None] * w_n).sum()
+        return (h.double() * w_h).sum() + memory
+
+    rounded = [t.to(dtype).double() for t in inputs + (state or [])]
+    leaves = [t.to(dtype, copy=True).requires_grad_() for t in rounded]
+    h, last = mlstm(*leaves[:5], backend=backend, chunk_size=chunk_size, initial_state=leaves[5:] or None,
+                    return_state=True, reverse=reverse)
+    loss(h, *last).backward()
+    flip = (lambda t: t.flip(2)) if reverse else (lambda t: t)
+    ref_leaves = [t.clone().requires_grad_() for t in rounded]
+    h_ref, last_ref = reference(*(flip(t) for t in ref_leaves[:5]), state=ref_leaves[5:] or None)
+    loss(flip(h_ref), *last_ref).backward()
+    tol = TOL[dtype]
+    assert torch.isfinite(h).all() and all(torch.isfinite(t).all() for t in last[:2])
+    assert rel_err(h, flip(h_ref)) < tol, f"h: {rel_err(h, flip(h_ref)):.1e}"
+    e, e_ref = torch.exp(last.m.double()), torch.exp(last_ref[2])
+    assert rel_err(last.C * e[..., None, None], last_ref[0] * e_ref[..., None, None]) < tol
+    assert rel_err(last.n * e[..., None], last_ref[1] * e_ref[..., None]) < tol
+    for name, a, b in zip("q k v igate fgate C0 n0 m0".split(), leaves, ref_leaves):
+        assert torch.isfinite(a.grad).all(), f"grad of {name} not finite"
+        assert rel_err(a.grad, b.grad) < tol, f"grad of {name}: {rel_err(a.grad, b.grad):.1e}"
+
+
+@pytest.mark.parametrize("backend,chunk_size", CASES)
+def test_forget_and_input_gate_minus_inf_at_one_step(backend, chunk_size):
+    """Both gates -inf at one step (forget everything, write nothing: the memory is empty there) in the middle of
+    a chunk: every backend gives the recurrent backend's outputs and gradients (float64, 1e-10), all finite."""
+    S, t = 65, 37
+    inputs = make_inputs(S)
+    inputs[3][:, :, t] = -math.inf
+    inputs[4][:, :, t] = -math.inf
+    grad_out = torch.randn(B, NH, S, DV, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    results = []
+    for be in (backend, "recurrent"):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        h = mlstm(*leaves, backend=be, chunk_size=chunk_size)
+        (h * grad_out).sum().backward()
+        results.append([h] + [x.grad for x in leaves])
+    for name, a, b in zip("h q k v igate fgate".split(), *results):
+        assert torch.isfinite(a).all(), f"{name} not finite"
+        assert rel_err(a, b) < 1e-10, f"{name}: {rel_err(a, b):.1e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+@pytest.mark.parametrize("which", ["q", "k", "v", "igate", "fgate", "initial_state"])
+def test_non_floating_inputs_raise(which, dtype):
+    """Integer or bool inputs raise a TypeError naming the argument and its dtype (they used to return int64 zeros:
+    h was computed in float32 and cast back to v's dtype)."""
+    names = ["q", "k", "v", "igate", "fgate"]
+    inputs = make_inputs(5, torch.float32)
+    state = [t.float() for t in reference(*make_inputs(3))[1]]
+    if which == "initial_state":
+        state[0] = state[0].to(dtype)
+    else:
+        inputs[names.index(which)] = inputs[names.index(which)].to(dtype)
+    for backend in ("auto", "recurrent"):
+        with pytest.raises(TypeError, match=rf"{which}.*{dtype}.*floating point only"):
+            mlstm(*inputs, backend=backend, initial_state=state)
+
+
+def dispatch_table(parallel_max_seq=100, triton_min_seq=None):
+    return {"comment": "test", "cpu": {"float32": {"parallel_max_seq": parallel_max_seq,
+                                                   "triton_min_seq": triton_min_seq}}}
+
+
+BROKEN_TABLES = {  # name: (file content, None = no file; a word the warning must contain)
+    "missing": (None, "cannot be read"),
+    "empty": ("", "not valid JSON"),
+    "malformed": ('{"comment": "x", "cpu": ', "not valid JSON"),
+    "no_cpu": (json.dumps({"comment": "x", "cuda": {"bfloat16": {"parallel_max_seq": 512, "triton_min_seq": None}}}),
+               "cpu"),
+    "string_threshold": (json.dumps(dispatch_table("512")), "parallel_max_seq"),
+    "negative_threshold": (json.dumps(dispatch_table(-1)), "parallel_max_seq"),
+    "negative_triton": (json.dumps(dispatch_table(100, -1)), "triton_min_seq"),
+    "not_an_object": ("[1, 2]", "object"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_TABLES)
+def test_load_dispatch_falls_back_with_one_warning(tmp_path, case):
+    """A missing, empty, malformed or invalid table gives the built-in thresholds and exactly one warning naming
+    the file and the problem, instead of an exception (the table is read when ultra_vil is imported)."""
+    content, problem = BROKEN_TABLES[case]
+    path = tmp_path / "mlstm_dispatch.json"
+    if content is not None:
+        path.write_text(content)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = mlstm_module.load_dispatch(path)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert str(path) in message and problem in message, message
+    assert table == mlstm_module.DEFAULT_DISPATCH and table is not mlstm_module.DEFAULT_DISPATCH
+
+
+def test_load_dispatch_reads_a_valid_table(tmp_path):
+    """A valid table is returned as written, without a warning; the shipped one and the built-in defaults are valid
+    (the shipped table also loads without a warning)."""
+    path = tmp_path / "mlstm_dispatch.json"
+    path.write_text(json.dumps(dispatch_table(96, 2048)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mlstm_module.load_dispatch(path) == dispatch_table(96, 2048)
+        assert mlstm_module.load_dispatch(mlstm_module.DISPATCH_TABLE_PATH) == mlstm_module.DISPATCH
+    mlstm_module.validate_dispatch(mlstm_module.DEFAULT_DISPATCH, complete=True)
+    with pytest.raises(ValueError, match="where.json: .*cpu"):  # complete: the entry every fallback ends at
+        mlstm_module.validate_dispatch({"comment": "x"}, "where.json", complete=True)
+    mlstm_module.validate_dispatch({"comment": "x"}, "where.json")  # the format alone allows an empty table
+
+
+@pytest.mark.parametrize("case", ["missing", "malformed"])
+def test_import_survives_a_broken_dispatch_table(tmp_path, case):
+    """`import ultra_vil` (classifier, mlstm with backend="auto") works in a fresh process whose package copy has a
+    missing or malformed mlstm_dispatch.json, with one warning naming the file."""
+    package = tmp_path / "ultra_vil"
+    shutil.copytree(Path(mlstm_module.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    table = package / "mlstm_dispatch.json"
+    if case == "missing":
+        table.unlink()
+    else:
+        table.write_text(BROKEN_TABLES[case][0])
+    code = (
+        "import torch, ultra_vil\n"
+        "from ultra_vil.mlstm import DEFAULT_DISPATCH, DISPATCH, select_backend\n"
+        f"assert ultra_vil.__file__.startswith({str(package)!r}), ultra_vil.__file__\n"
+        "assert DISPATCH == DEFAULT_DISPATCH\n"
+        "q = torch.randn(1, 1, 5, 4)\n"
+        "h = ultra_vil.mlstm(q, q, q, q[..., 0], q[..., 0])\n"
+        "assert h.shape == (1, 1, 5, 4) and select_backend(5, 'cpu', torch.float32) == 'parallel'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    assert out.stderr.count("Warning") == 1 and str(table) in out.stderr, out.stderr[-3000:]

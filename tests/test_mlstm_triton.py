@@ -94,16 +94,13 @@ CASES = [  # (B, NH, S, DK, DV, chunk_size, dtype, initial state, reverse)
 ]
 
 
-@pytest.mark.parametrize("B,NH,S,DK,DV,L,dtype,with_state,reverse", CASES)
-def test_matches_float64_recurrence(B, NH, S, DK, DV, L, dtype, with_state, reverse):
-    """Outputs, final state and all gradients (q, k, v, both gates, the initial state) equal the float64 recurrence
-    to the dtype's tolerance, for every S / chunk / head-dim combination the tiling has to mask."""
-    ts, weights = make_inputs(B, NH, S, DK, DV, with_state)
+def check_against_recurrence(ts, weights, dtype, L, reverse):
+    """The kernel's outputs, final state and gradients against the float64 recurrence, each within TOL[dtype]."""
     ts = [t.to(dtype).double() if j < 3 else t for j, t in enumerate(ts)]  # the reference sees the rounded inputs
     ref = run(ts, weights, triton=False, reverse=reverse)
     got = run(ts, weights, triton=True, dtype=dtype, chunk_size=L, reverse=reverse)
     errs = {name: rel_err(a, b) for name, a, b in zip(NAMES, got, ref)}
-    if with_state:
+    if len(ts) > 5:
         # d m0 = <dC0, C0> + <dn0, n0> + (stabiliser path): DK * DV terms that largely cancel (one scalar per head),
         # so its error is measured against the sum of the terms' magnitudes, the condition of that sum
         C0, n0 = ts[5], ts[6]
@@ -111,6 +108,34 @@ def test_matches_float64_recurrence(B, NH, S, DK, DV, L, dtype, with_state, reve
         errs["dm0"] = ((got[11] - ref[11]).abs() / terms).max().item()
     bad = {name: e for name, e in errs.items() if not e <= TOL[dtype]}
     assert not bad, f"relative errors above {TOL[dtype]}: {bad} (all: {errs})"
+    return got
+
+
+@pytest.mark.parametrize("B,NH,S,DK,DV,L,dtype,with_state,reverse", CASES)
+def test_matches_float64_recurrence(B, NH, S, DK, DV, L, dtype, with_state, reverse):
+    """Outputs, final state and all gradients (q, k, v, both gates, the initial state) equal the float64 recurrence
+    to the dtype's tolerance, for every S / chunk / head-dim combination the tiling has to mask."""
+    ts, weights = make_inputs(B, NH, S, DK, DV, with_state)
+    check_against_recurrence(ts, weights, dtype, L, reverse)
+
+
+@pytest.mark.parametrize(
+    "dtype,with_state,reverse",
+    [(torch.float32, False, False), (torch.float32, True, True), (torch.bfloat16, True, False)],
+)
+def test_infinite_gates_match_recurrence(dtype, with_state, reverse):
+    """Forget gates of -inf (forget everything) inside a chunk, at a chunk's first step and the one after, and
+    later; +inf (forget nothing); input gates of -inf (write nothing), one right after a -inf forget gate: outputs,
+    final state and every gradient are finite and equal the float64 recurrence to the dtype's tolerance (they used
+    to be NaN from the first -inf forget gate on: -inf - -inf in the chunk's cumulative log decays)."""
+    S = 70
+    ts, weights = make_inputs(1, 2, S, 32, 32, with_state)
+    ts[4][:, :, [5, 16, 17, 40]] = float("-inf")  # chunk 16: steps 16 and 17 open the second chunk
+    ts[4][:, :, 25] = float("inf")
+    ts[3][:, :, [30, 41]] = float("-inf")
+    got = check_against_recurrence(ts, weights, dtype, 16, reverse)
+    for name, t in zip(NAMES, got):
+        assert torch.isfinite(t).all(), f"{name} not finite"
 
 
 def test_dtype_of_outputs():

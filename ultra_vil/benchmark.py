@@ -37,13 +37,13 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 DISPATCH_FILE = HERE / "mlstm_dispatch.json"  # the package copy that `auto` reads
-DISPATCH_KEYS = ("parallel_max_seq", "triton_min_seq")
 REPLY = "@@bench-worker "  # prefix of the child's replies on stdout; other output (warnings) passes through
 
 if __package__:
     from ultra_vil import measure
     from ultra_vil.measure import peak_mem_mb, sync, time_ms  # noqa: F401  (kept importable from here)
-else:  # a worker: loaded by serve() once sys.path points at the checkout under test
+    from ultra_vil.mlstm import DISPATCH_KEYS, validate_dispatch  # noqa: F401  (the table's one format rule)
+else:  # a worker: loaded by serve() once sys.path points at the checkout under test (it never reads the table)
     measure = None
 
 
@@ -144,31 +144,10 @@ def pick_thresholds(grid: dict[int, dict[str, dict]], stat: str = "min") -> dict
     return choice
 
 
-def validate_dispatch(table: dict, where: str = "dispatch table") -> dict:
-    """Check the one format: {"comment": str, "<device type>": {"<dtype>": {"parallel_max_seq": int,
-    "triton_min_seq": int | null}}}. Returns the table; raises ValueError naming the bad entry."""
-    if not isinstance(table, dict) or not isinstance(table.get("comment"), str):
-        raise ValueError(f"{where}: expected an object with a string 'comment'")
-    for device_type, per_dtype in table.items():
-        if device_type == "comment":
-            continue
-        if device_type not in ("cpu", "cuda") or not isinstance(per_dtype, dict):
-            raise ValueError(f"{where}: {device_type!r} must be 'cpu' or 'cuda' and map dtype names to entries")
-        for name, entry in per_dtype.items():
-            if not isinstance(getattr(torch, name, None), torch.dtype):
-                raise ValueError(f"{where}: {device_type}.{name}: not a torch dtype name (e.g. 'bfloat16')")
-            if not isinstance(entry, dict) or set(entry) != set(DISPATCH_KEYS):
-                raise ValueError(f"{where}: {device_type}.{name} must have exactly the keys {DISPATCH_KEYS}")
-            p, t = entry["parallel_max_seq"], entry["triton_min_seq"]
-            if not isinstance(p, int) or isinstance(p, bool) or p < 0:
-                raise ValueError(f"{where}: {device_type}.{name}.parallel_max_seq must be an integer >= 0, got {p!r}")
-            if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 1):
-                raise ValueError(f"{where}: {device_type}.{name}.triton_min_seq must be null or an integer >= 1")
-    return table
-
-
 def read_dispatch(path: str | Path = DISPATCH_FILE) -> dict:
-    """The dispatch table in `path`, validated; an empty table (only a comment) if the file does not exist."""
+    """The dispatch table in `path`, validated (`ultra_vil.mlstm.validate_dispatch`), strictly: a bad file raises
+    (unlike `mlstm.load_dispatch`, which falls back to the built-in thresholds); an empty table (only a comment) if
+    the file does not exist."""
     path = Path(path)
     if not path.is_file():
         return {"comment": f"{path.name} not found"}
@@ -178,15 +157,17 @@ def read_dispatch(path: str | Path = DISPATCH_FILE) -> dict:
 def write_dispatch(path: str | Path, measured: dict, comment: str, base: dict | None = None) -> dict:
     """Write `measured` ({device type: {dtype name: entry}}) over `base` (entries of other devices are kept).
 
-    Returns the table written. The comment says where and when the numbers were measured.
+    Returns the table written. The comment says where and when the numbers were measured. The package copy
+    (DISPATCH_FILE) must also be complete (a cpu/float32 entry), or `import ultra_vil` would fall back to the
+    built-in thresholds.
     """
     table = {"comment": comment}
     for device_type in ("cpu", "cuda"):
         merged = {**(base or {}).get(device_type, {}), **measured.get(device_type, {})}
         if merged:
             table[device_type] = merged
-    validate_dispatch(table, str(path))
     path = Path(path)
+    validate_dispatch(table, str(path), complete=path.resolve() == DISPATCH_FILE.resolve())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(table, indent=2) + "\n")

@@ -8,7 +8,7 @@ the same function (xLSTM, arXiv:2405.04517, Sec. 2.3; ViL, arXiv:2406.04303):
     recurrent  the step-by-step recurrence: the executable specification, and streaming
 
 Math, per batch and head (exponential input gate, sigmoid forget gate, keys scaled by 1/sqrt(DK)):
-    F_t = sum_{r<=t} logsigmoid(f_r);  logD[t, s] = F_t - F_s + i_s for s <= t, else -inf
+    F_t = sum_{r<=t} max(logsigmoid(f_r), LOGF_MIN);  logD[t, s] = F_t - F_s + i_s for s <= t, else -inf
     m_t = max_s logD[t, s];  C[t, s] = (q_t . k_s / sqrt(DK)) * exp(logD[t, s] - m_t)
     n_t = max(|sum_s C[t, s]|, exp(-m_t));  h_t = sum_s C[t, s] v_s / (n_t + eps)
 Recurrent form: C_t = f_t C_{t-1} + i_t k_t v_t^T, n_t = f_t n_{t-1} + i_t k_t, stabilised by
@@ -17,12 +17,16 @@ An empty state is C = 0, n = 0, m = -inf, so the first stabiliser equals the fir
 
 Shape letters follow the NX-AI code: B batch, NH heads, S sequence length, DK key/query dim, DV value dim.
 All arithmetic runs in float32 (float64 stays float64) with autocast disabled; h is returned in v's dtype.
+Inputs must be floating point: integer and bool tensors raise TypeError (h comes back in v's dtype, so an integer
+v would truncate it).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,9 +39,98 @@ BACKENDS = ("auto", "parallel", "chunkwise", "recurrent", "triton")
 # `auto`'s thresholds, per device type and dtype, as measured by scripts/benchmark.py (which rewrites the file):
 # {device: {dtype: {"parallel_max_seq": N, "triton_min_seq": N or null}}}. Package data beside this module.
 DISPATCH_TABLE_PATH = Path(__file__).with_name("mlstm_dispatch.json")
-DISPATCH = json.loads(DISPATCH_TABLE_PATH.read_text())
+DISPATCH_KEYS = ("parallel_max_seq", "triton_min_seq")
 _DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}  # the entry a missing dtype (float64 too) falls back to
-PARALLEL_MAX_SEQ = {dev: DISPATCH[dev][_DEFAULT_DTYPE[dev]]["parallel_max_seq"] for dev in _DEFAULT_DTYPE}
+# What `auto` uses when the table file cannot be used: the thresholds the shipped table held when this was written
+# (cpu: measured on a 2-core CPU; cuda: unmeasured, parallel up to 512 steps; triton never picked automatically)
+DEFAULT_DISPATCH = {
+    "comment": "built-in defaults of ultra_vil/mlstm.py (the package's mlstm_dispatch.json could not be used)",
+    "cpu": {name: {"parallel_max_seq": 224, "triton_min_seq": None} for name in ("float32", "bfloat16")},
+    "cuda": {name: {"parallel_max_seq": 512, "triton_min_seq": None} for name in ("bfloat16", "float16", "float32")},
+}
+
+
+def validate_dispatch(table: dict, where: str = "dispatch table", *, complete: bool = False) -> dict:
+    """Check the table's one format (the rule scripts/benchmark.py writes by and `auto` reads by).
+
+    {"comment": str, "<device type>": {"<dtype>": {"parallel_max_seq": int >= 0, "triton_min_seq": int >= 1 | null}}}
+    with device types "cpu" and "cuda". `complete` also requires the cpu/float32 entry, the one every missing
+    (device, dtype) falls back to (what `auto` needs); the format alone allows e.g. a table of one GPU's entries.
+
+    Returns the table; raises ValueError starting with `where` and naming the bad entry and value.
+    """
+    if not isinstance(table, dict) or not isinstance(table.get("comment"), str):
+        raise ValueError(f"{where}: expected an object with a string 'comment'")
+    for device_type, per_dtype in table.items():
+        if device_type == "comment":
+            continue
+        if device_type not in ("cpu", "cuda") or not isinstance(per_dtype, dict):
+            raise ValueError(f"{where}: {device_type!r} must be 'cpu' or 'cuda' and map dtype names to entries")
+        for name, entry in per_dtype.items():
+            if not isinstance(getattr(torch, name, None), torch.dtype):
+                raise ValueError(f"{where}: {device_type}.{name}: not a torch dtype name (e.g. 'bfloat16')")
+            if not isinstance(entry, dict) or set(entry) != set(DISPATCH_KEYS):
+                raise ValueError(f"{where}: {device_type}.{name} must have exactly the keys {DISPATCH_KEYS}")
+            p, t = entry["parallel_max_seq"], entry["triton_min_seq"]
+            if not isinstance(p, int) or isinstance(p, bool) or p < 0:
+                raise ValueError(f"{where}: {device_type}.{name}.parallel_max_seq must be an integer >= 0, got {p!r}")
+            if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 1):
+                raise ValueError(
+                    f"{where}: {device_type}.{name}.triton_min_seq must be null or an integer >= 1, got {t!r}"
+                )
+    if complete and "float32" not in table.get("cpu", {}):
+        raise ValueError(f"{where}: no cpu.float32 entry (every missing device and dtype falls back to it)")
+    return table
+
+
+def load_dispatch(path: str | Path) -> dict:
+    """The dispatch table in `path`, validated (`validate_dispatch(..., complete=True)`).
+
+    Never raises: a missing, unreadable, empty, malformed or invalid file gives a copy of DEFAULT_DISPATCH and one
+    UserWarning naming the file and the problem. The table is read when this module is imported (every model, the
+    classifier and the YOLO registration import it), and a bad threshold file must not break those; it only
+    costs `auto` its measured thresholds. (scripts/benchmark.py, which writes the file, reads it strictly.)
+    """
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        problem = f"{path}: cannot be read ({e})"
+    else:
+        try:
+            return validate_dispatch(json.loads(text), str(path), complete=True)
+        except json.JSONDecodeError as e:
+            problem = f"{path}: not valid JSON ({e})"
+        except ValueError as e:
+            problem = str(e)
+    warnings.warn(f"{problem}; mlstm backend='auto' uses the built-in thresholds instead", UserWarning, stacklevel=2)
+    return copy.deepcopy(DEFAULT_DISPATCH)
+
+
+DISPATCH = load_dispatch(DISPATCH_TABLE_PATH)  # read once, at import: what `auto` (select_backend) consults
+
+
+# The log forget gate is clamped at LOGF_MIN in every backend (and the Triton kernel): a forget gate of -inf
+# (sigmoid 0: forget everything) makes logsigmoid -inf, and the quadratic and chunk forms, which take differences of
+# cumulative log decays, would meet -inf - -inf = NaN. exp(LOGF_MIN) is 0 even in float64 (below exp(-745)), so a
+# clamped step forgets everything before it exactly as sigmoid 0 does, as long as the stabilisers on its two sides
+# (about the input gates) differ by less than 1e5 - 745 (the contracts test gates up to +-1e4). The clamped steps
+# are counted apart from the other steps' cumulative sum (see _decay_cumsum), so the decays after one keep their
+# full precision. The gradient w.r.t. a clamped gate is 0, as the recurrence's is for a gate of -inf.
+LOGF_MIN = -1e5
+
+
+def log_forget_gate(fgate: Tensor) -> Tensor:
+    """log sigmoid(fgate), clamped at LOGF_MIN: what every backend uses as the log forget gate."""
+    return F.logsigmoid(fgate).clamp(min=LOGF_MIN)
+
+
+def _require_floating(**tensors: Tensor | None) -> None:
+    """Raise TypeError naming the first tensor that is not floating point (integers, bool, complex)."""
+    for name, t in tensors.items():
+        if t is not None and not t.is_floating_point():
+            raise TypeError(
+                f"mlstm: {name} has dtype {t.dtype}; floating point only (float16, bfloat16, float32, float64)"
+            )
 
 
 class MLSTMState(NamedTuple):
@@ -63,6 +156,11 @@ def dispatch_entry(device: torch.device | str, dtype: torch.dtype) -> dict:
     table = DISPATCH.get(device_type, DISPATCH["cpu"])
     default = _DEFAULT_DTYPE.get(device_type, "float32")
     return table.get(str(dtype).removeprefix("torch."), table.get(default, DISPATCH["cpu"]["float32"]))
+
+
+# the parallel backend's limit at each device type's default dtype (through the same fallbacks as `auto`)
+PARALLEL_MAX_SEQ = {dev: dispatch_entry(dev, getattr(torch, name))["parallel_max_seq"] for dev, name in
+                    _DEFAULT_DTYPE.items()}
 
 
 def select_backend(S: int, device: torch.device | str, dtype: torch.dtype, B: int | None = None) -> str:
@@ -108,7 +206,8 @@ def mlstm(
         q, k: Queries and keys, (B, NH, S, DK).
         v: Values, (B, NH, S, DV).
         igate: Input-gate pre-activations, (B, NH, S) (exponential gate).
-        fgate: Forget-gate pre-activations, (B, NH, S) (sigmoid gate, applied in log space).
+        fgate: Forget-gate pre-activations, (B, NH, S) (sigmoid gate, applied in log space, clamped at LOGF_MIN:
+            -inf forgets everything, +inf nothing).
         backend: "auto", "parallel", "chunkwise" or "recurrent".
         chunk_size: Largest number of steps per chunk of the chunkwise backend. S need not be a multiple of it:
             the largest divisor of S in [chunk_size / 2, chunk_size] is used when there is one (S = 400, chunk
@@ -124,6 +223,11 @@ def mlstm(
     Returns:
         h, (B, NH, S, DV) in v's dtype; with `return_state`, (h, MLSTMState) with the state in the compute dtype.
         Row t of h depends only on steps 0..t (steps t..S-1 with `reverse`).
+
+    Raises:
+        ValueError: An unknown backend, mismatched shapes or a bad chunk_size.
+        TypeError: A tensor argument (or initial_state part) that is not floating point.
+        RuntimeError: backend="triton" where the kernel cannot run (no triton, or not CUDA / TRITON_INTERPRET=1).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown mLSTM backend {backend!r}; expected one of {BACKENDS}")
@@ -139,6 +243,9 @@ def mlstm(
         )
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    _require_floating(q=q, k=k, v=v, igate=igate, fgate=fgate)
+    if initial_state is not None:
+        _require_floating(**{f"initial_state {name}": t for name, t in zip("Cnm", initial_state)})
     B, NH, S, DK = q.shape
     DV = v.shape[-1]
     if backend == "auto":
@@ -152,7 +259,7 @@ def mlstm(
     mm = q.dtype if q.dtype in (torch.bfloat16, torch.float16) and q.dtype == k.dtype == v.dtype else acc
     with torch.autocast(q.device.type, enabled=False):
         i_ = igate.to(acc)
-        logf = F.logsigmoid(fgate.to(acc))  # (B, NH, S)
+        logf = log_forget_gate(fgate.to(acc))  # (B, NH, S)
         if initial_state is None:
             state = None
         else:
@@ -246,6 +353,18 @@ def _sanitize(k: Tensor, v: Tensor, i: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     )
 
 
+def _decay_cumsum(logf: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
+    """The inclusive cumulative log decay `_cumsum(logf, reverse)` as float64 (sum of the other steps, number of
+    steps clamped at LOGF_MIN): the decay is their `sum + count * LOGF_MIN`.
+
+    Summed into one running sum, a clamped step would round every later partial sum to ulp(1e5) ~ 1.5e-11, and those
+    roundings would add up along the sequence; kept apart, each decay is rounded once, when the two are combined.
+    """
+    x = logf.double()
+    clamped = x == LOGF_MIN
+    return _cumsum(x.masked_fill(clamped, 0.0), reverse), _cumsum(clamped.double(), reverse)
+
+
 def _chunk_gates(ic: Tensor, fc: Tensor, reverse: bool):
     """Per-chunk log weights, (..., NC, L) gate tensors in -> the pieces both passes need.
 
@@ -255,39 +374,57 @@ def _chunk_gates(ic: Tensor, fc: Tensor, reverse: bool):
             i_s to full precision: the difference is formed from two rounded numbers, exact to the rounding of the
             result itself, not of the (possibly large) cumulative sums. The error left, row_t's own rounding, shifts
             all of row t's log weights (and its stabiliser) alike, which num and den do not see.
-        lo: (..., NC, L) that rounding error: the readout's exp(-m_t) needs the true m_t = (shifted m_t) + lo_t.
         a: (..., NC, L) log weight of input s at the chunk's traversal end.
         g: (..., NC) float64 decay over the whole chunk.
+        lo: (..., NC, L) row's rounding error (see col): the readout's exp(-m_t) needs the true
+            m_t = (shifted m_t) + lo_t.
+        A: ((..., NC), (..., NC)) float64 decay from the sequence's traversal start to the end of chunk c (the
+            cumulative sum of g) as `_decay_cumsum`'s two parts, for `_chunk_mix`.
+
+    The decays come from `_decay_cumsum` (clamped steps counted apart from the sum) and differences are taken part
+    by part, so a clamped step costs no precision: lo is row's error against the exact sum + count * LOGF_MIN,
+    which float64 may not hold (ulp(1e5) ~ 1.5e-11), so float64 rows get the same correction as float32 ones.
     """
-    F64 = _cumsum(fc.double(), reverse)  # (..., NC, L)  float64: no digits lost to the running sum
-    g = F64[..., 0] if reverse else F64[..., -1]  # (..., NC)
-    row = F64.to(fc.dtype)
-    lo = (F64 - row).to(fc.dtype)
+    fin, cnt = _decay_cumsum(fc, reverse)  # (..., NC, L)  float64: no digits lost to the running sum
+    end = 0 if reverse else -1
+    g_fin, g_cnt = fin[..., end], cnt[..., end]  # (..., NC)
+    g = g_fin + g_cnt * LOGF_MIN
+    clamped = cnt * LOGF_MIN  # (..., NC, L)  exact: small integer multiples of LOGF_MIN
+    row = (fin + clamped).to(fc.dtype)
+    lo = (fin - (row.double() - clamped)).to(fc.dtype)  # row - clamped is exact (both near count * LOGF_MIN)
     col = ic - lo
-    a = (g[..., None] - F64).to(fc.dtype) + ic
-    return row, col, a, g, lo
+    a = ((g_fin[..., None] - fin) + (g_cnt[..., None] - cnt) * LOGF_MIN).to(fc.dtype) + ic
+    A = (_cumsum(g_fin, reverse), _cumsum(g_cnt, reverse))
+    return row, col, a, g, lo, A
 
 
-def _chunk_mix(g: Tensor, m_loc: Tensor, m0: Tensor | None, reverse: bool, dtype: torch.dtype):
+def _chunk_mix(A: tuple[Tensor, Tensor], m_loc: Tensor, m0: Tensor | None, reverse: bool, dtype: torch.dtype):
     """Log weights of the chunk summaries in the state entering chunk c = 0..NC-1 and in the final state (row NC).
 
     State c is a weighted sum of the summaries of the chunks j traversed before it (and the initial state), with log
     weight decay(end of chunk j -> start of chunk c) + m_loc[j]; the scan over chunks is linear, so all rows come at
     once (no Python loop: compile does not unroll NC steps). These decays are differences of sums over the whole
-    sequence, so they are formed in float64 (ulp(1e5) ~ 0.008 in float32); the matrix is only (NC+1, NC).
+    sequence, so they are formed in float64 (ulp(1e5) ~ 0.008 in float32), part by part (see `_decay_cumsum`);
+    the matrix is only (NC+1, NC).
 
-    Returns logw (..., NC+1, NC) (-inf where j is not before c), log_init (..., NC+1) or None, Gex and A (float64).
+    A: the decay from the traversal's start to the end of chunk c, (sum, clamped count), each (..., NC), from
+    `_chunk_gates`. Returns logw (..., NC+1, NC) (-inf where j is not before c) and log_init (..., NC+1) or None.
     """
-    NC = g.shape[-1]
-    A = _cumsum(g, reverse)  # (..., NC)  decay from the traversal's start to the end of chunk c
-    # ... to its start (= A - g, formed without g so a NaN in chunk c reaches only later chunks); row NC: the end
-    Gex = torch.cat([F.pad(A[..., 1:], (0, 1)), A[..., :1]] if reverse else [F.pad(A[..., :-1], (1, 0)), A[..., -1:]], -1)
-    before = torch.ones(NC + 1, NC, dtype=torch.bool, device=g.device)
-    before[:NC] = _order_mask(NC, NC, reverse, g.device, strict=True)
-    logw = (Gex[..., :, None] - A[..., None, :]).to(dtype) + m_loc[..., None, :]
+    NC = A[0].shape[-1]
+
+    def to_start(x: Tensor) -> Tensor:  # (..., NC) to chunk ends -> (..., NC+1) to chunk starts, row NC: the end
+        # (= x - g, formed without g so a NaN in chunk c reaches only later chunks)
+        parts = [F.pad(x[..., 1:], (0, 1)), x[..., :1]] if reverse else [F.pad(x[..., :-1], (1, 0)), x[..., -1:]]
+        return torch.cat(parts, -1)
+
+    (A_fin, A_cnt), (G_fin, G_cnt) = A, (to_start(A[0]), to_start(A[1]))
+    before = torch.ones(NC + 1, NC, dtype=torch.bool, device=A_fin.device)
+    before[:NC] = _order_mask(NC, NC, reverse, A_fin.device, strict=True)
+    decay = (G_fin[..., :, None] - A_fin[..., None, :]) + (G_cnt[..., :, None] - A_cnt[..., None, :]) * LOGF_MIN
+    logw = decay.to(dtype) + m_loc[..., None, :]  # (..., NC+1, NC)
     logw = logw.masked_fill(~before, float("-inf"))
-    log_init = None if m0 is None else (Gex + m0[..., None].double()).to(dtype)
-    return logw, log_init, Gex, A
+    log_init = None if m0 is None else (G_fin + G_cnt * LOGF_MIN + m0[..., None].double()).to(dtype)
+    return logw, log_init
 
 
 # Above this many chunks the states are mixed by a loop over chunks (two multiply-adds of (DK, DV) a chunk) instead
@@ -366,7 +503,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         DV = vc.shape[-1]
         acc = ic.dtype
         log_scale = -0.5 * math.log(DK)  # keys scaled by 1/sqrt(DK), folded into the exponents
-        row, col, a, g, lo = _chunk_gates(ic, fc, reverse)
+        row, col, a, g, lo, A = _chunk_gates(ic, fc, reverse)
 
         # what each chunk alone writes into the memory, stabilised by its own max (-inf: nothing written). One chunk
         # and no final state wanted (the parallel backend's usual call): no summary is read, so none is made
@@ -383,7 +520,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
             C_loc = _mm(kw.to(qc.dtype).transpose(-2, -1), vc, acc)  # (B, NH, NC, DK, DV)
             del kw
 
-        logw, log_init, _, _ = _chunk_mix(g, m_loc, m0, reverse, acc)
+        logw, log_init = _chunk_mix(A, m_loc, m0, reverse, acc)
         m_all = logw.amax(-1)  # (B, NH, NC+1)
         if log_init is not None:
             m_all = torch.maximum(m_all, log_init)
@@ -418,7 +555,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         acc = ic.dtype
         mm = qc.dtype
         log_scale = -0.5 * math.log(DK)
-        row, col, a, g, lo = _chunk_gates(ic, fc, reverse)
+        row, col, a, g, lo, A = _chunk_gates(ic, fc, reverse)
         C_in, n_in, m_in = C_all[:, :, :NC], n_all[:, :, :NC], m_all[..., :NC]
 
         # the readout h = num / nrm, nrm = max(|den|, e) + eps, e = exp(-m_t) (capped)
@@ -454,7 +591,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         dGex = (dC_all * C_all).sum((-2, -1)) + (dn_all * n_all).sum(-1) + dm_all  # (B, NH, NC+1)
 
         m_loc = torch.full_like(g, float("-inf"), dtype=acc) if skip else a.amax(-1)
-        logw, log_init, _, _ = _chunk_mix(g, m_loc, m0, reverse, acc)
+        logw, log_init = _chunk_mix(A, m_loc, m0, reverse, acc)
         m_ref = _finite_ref(m_all)
         dC0 = dn0 = dm0 = None
         if NC > LOOP_MIN_CHUNKS:
@@ -649,7 +786,8 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, logf: Tensor, state: 
         q, k: (B, NH, DK), k already multiplied by 1/sqrt(DK).
         v: (B, NH, DV).
         i: Input-gate pre-activation, (B, NH).
-        logf: logsigmoid of the forget-gate pre-activation, (B, NH).
+        logf: logsigmoid of the forget-gate pre-activation, (B, NH) (`mlstm` passes it clamped at LOGF_MIN; -inf
+            is exact here too: the state is then forgotten with weight exp(-inf) = 0).
         state: The state after the previous step.
 
     Returns:

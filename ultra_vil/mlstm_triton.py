@@ -37,6 +37,10 @@ flipping tensors.
 Non-finite inputs stay causal as in the recurrence: a NaN or inf at step s spoils outputs s and later, never
 earlier ones (a step with a non-finite k or v enters as k = v = 0 with a NaN input gate, because 0 * NaN inside a
 tile matmul would otherwise reach the rows above it). Finite inputs of any size (gates up to +-1e4) stay finite.
+Infinite gates are valid inputs: the log forget gate is clamped at mlstm.LOGF_MIN as in every backend (a forget gate
+of -inf forgets everything, +inf nothing), and the kernels count clamped steps apart from the decay sums, so the
+decays after one keep float32's precision (summed in, ulp(1e5) = 0.008 would swamp them); an input gate of -inf
+writes nothing.
 Speed: unmeasured (no GPU was available when this was written). Correctness is tested under the interpreter, and
 every kernel compiles for sm_90 without a GPU (`compile_report()`, also a test); the tile choices in _Config come
 from those cubins' register and spill counts.
@@ -53,7 +57,6 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["available", "check_on_device", "compile_report", "mlstm_triton"]
@@ -117,7 +120,7 @@ def _kernels(interpret: bool):
         S, NC, scale,
         DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
         BV: tl.constexpr, HAS_INIT: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
-        REVERSE: tl.constexpr,
+        REVERSE: tl.constexpr, LF_MIN: tl.constexpr,
     ):  # fmt: skip
         bh = tl.program_id(0).to(tl.int64)
         pk = tl.program_id(1)
@@ -150,9 +153,15 @@ def _kernels(interpret: bool):
             i = tl.load(I + bh * S + p, mask=valid, other=float("-inf"))  # (BL,)
             kv_ok = valid & (i == i)  # noqa: PLR0124  (BL,) NaN gate: non-finite k or v, load as 0 (mlstm_triton)
             lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)  # (BL,)
-            Fc = tl.cumsum(lf, 0)  # (BL,) decay from the chunk start to step tau, inclusive
-            g = tl.sum(lf, 0)  # decay over the whole chunk
-            a = g - Fc + i  # (BL,) log weight of step tau's input at the chunk end
+            # the decay from the chunk start to step tau, inclusive, is Fc + Kc * LF_MIN: steps clamped at LF_MIN
+            # (forget gate 0) are counted, not summed, so the decays after one keep float32's precision
+            hard = lf <= LF_MIN  # (BL,)
+            Fc = tl.cumsum(tl.where(hard, 0.0, lf), 0)  # (BL,) sum of the other steps
+            Kc = tl.cumsum(hard.to(tl.float32), 0)  # (BL,) number of clamped steps
+            gf = tl.sum(tl.where(hard, 0.0, lf), 0)
+            gk = tl.sum(hard.to(tl.float32), 0)
+            g = gf + gk * LF_MIN  # decay over the whole chunk
+            a = (gf - Fc) + (gk - Kc) * LF_MIN + i  # (BL,) log weight of step tau's input at the chunk end
             m_new = tl.maximum(g + m, tl.max(a, 0))  # the recurrence's m after the chunk, exactly
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing written yet: avoid -inf - -inf
             decay = tl.exp(g + m - m_ref)  # <= 1; 0 while the state is empty
@@ -174,7 +183,7 @@ def _kernels(interpret: bool):
         S, NC, scale, eps,
         DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
         BV: tl.constexpr, NK: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
-        REVERSE: tl.constexpr, SPLIT: tl.constexpr,
+        REVERSE: tl.constexpr, SPLIT: tl.constexpr, LF_MIN: tl.constexpr,
     ):  # fmt: skip
         c = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
@@ -188,12 +197,15 @@ def _kernels(interpret: bool):
         i = tl.load(I + bh * S + p, mask=valid, other=float("-inf"))
         kv_ok = valid & (i == i)  # noqa: PLR0124  (BL,) NaN gate: non-finite k or v, load as 0 (mlstm_triton)
         lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)
-        Fc = tl.cumsum(lf, 0)  # (BL,)
+        hard = lf <= LF_MIN  # (BL,) clamped steps: the decay is Fc + Kc * LF_MIN (as in _fwd_states)
+        Fc = tl.cumsum(tl.where(hard, 0.0, lf), 0)  # (BL,)
+        Kc = tl.cumsum(hard.to(tl.float32), 0)  # (BL,)
         st = bh * (NC + 1) + c
         m_c = tl.load(MS + st)  # stabiliser of the entering state; -inf if empty
         causal = tau[:, None] >= tau[None, :]  # (BL, BL)
-        logD = tl.where(causal, Fc[:, None] - Fc[None, :] + i[None, :], float("-inf"))  # (BL, BL)
-        log_state = Fc + m_c  # (BL,) log weight of the entering state at step tau
+        dec = (Fc[:, None] - Fc[None, :]) + (Kc[:, None] - Kc[None, :]) * LF_MIN  # (BL, BL) decay tau <- sigma
+        logD = tl.where(causal, dec + i[None, :], float("-inf"))  # (BL, BL)
+        log_state = Fc + Kc * LF_MIN + m_c  # (BL,) log weight of the entering state at step tau
         m_row = tl.maximum(tl.max(logD, 1), log_state)  # (BL,) = the recurrence's m_t
         m_ref = tl.where(m_row == float("-inf"), 0.0, m_row)
         Dm = tl.exp(logD - m_ref[:, None])  # (BL, BL) <= 1, 0 above the diagonal
@@ -243,7 +255,7 @@ def _kernels(interpret: bool):
         S, NC,
         DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
         BV: tl.constexpr, HAS_DFIN: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
-        REVERSE: tl.constexpr,
+        REVERSE: tl.constexpr, LF_MIN: tl.constexpr,
     ):  # fmt: skip
         bh = tl.program_id(0).to(tl.int64)
         pk = tl.program_id(1)
@@ -271,8 +283,9 @@ def _kernels(interpret: bool):
             valid = (tau < L) & (t < S)
             p = S - 1 - t if REVERSE else t  # (BL,) position in memory: reverse traverses S-1 -> 0
             lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)
-            Fc = tl.cumsum(lf, 0)
-            g = tl.sum(lf, 0)
+            hard = lf <= LF_MIN  # clamped steps: the decay is Fc + Kc * LF_MIN (as in _fwd_states)
+            Fc = tl.cumsum(tl.where(hard, 0.0, lf), 0) + tl.cumsum(hard.to(tl.float32), 0) * LF_MIN
+            g = tl.sum(tl.where(hard, 0.0, lf), 0) + tl.sum(hard.to(tl.float32), 0) * LF_MIN
             m_c = tl.load(MS + st)
             m_next = tl.load(MS + st + 1)
             m_row = tl.load(MR + bh * S + p, mask=valid, other=float("inf"))  # masked rows: every weight 0
@@ -297,7 +310,7 @@ def _kernels(interpret: bool):
         S, NC, scale,
         DK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr,
         BV: tl.constexpr, NK: tl.constexpr, NV: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
-        REVERSE: tl.constexpr, SPLIT: tl.constexpr,
+        REVERSE: tl.constexpr, SPLIT: tl.constexpr, LF_MIN: tl.constexpr,
     ):  # fmt: skip
         c = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
@@ -308,8 +321,11 @@ def _kernels(interpret: bool):
         i = tl.load(I + bh * S + p, mask=valid, other=float("-inf"))
         kv_ok = valid & (i == i)  # noqa: PLR0124  (BL,) NaN gate: non-finite k or v, load as 0 (mlstm_triton)
         lf = tl.load(LF + bh * S + p, mask=valid, other=0.0)
-        Fc = tl.cumsum(lf, 0)
-        g = tl.sum(lf, 0)
+        hard = lf <= LF_MIN  # clamped steps: the decay is Fc + Kc * LF_MIN (as in _fwd_states)
+        Fc = tl.cumsum(tl.where(hard, 0.0, lf), 0)
+        Kc = tl.cumsum(hard.to(tl.float32), 0)
+        gf = tl.sum(tl.where(hard, 0.0, lf), 0)
+        gk = tl.sum(hard.to(tl.float32), 0)
         st = bh * (NC + 1) + c
         m_c = tl.load(MS + st)
         m_next = tl.load(MS + st + 1)
@@ -318,11 +334,14 @@ def _kernels(interpret: bool):
         dden = tl.load(DDEN + bh * S + p, mask=valid, other=0.0)
         m_ref = tl.where(m_row == float("-inf"), 0.0, m_row)
         causal = tau[:, None] >= tau[None, :]
-        logD = tl.where(causal, Fc[:, None] - Fc[None, :] + i[None, :], float("-inf"))
+        dec = (Fc[:, None] - Fc[None, :]) + (Kc[:, None] - Kc[None, :]) * LF_MIN  # (BL, BL) decay tau <- sigma
+        logD = tl.where(causal, dec + i[None, :], float("-inf"))
         Dm = tl.exp(logD - m_ref[:, None])  # (BL, BL) as in the forward
-        w = tl.where(m_c == float("-inf"), 0.0, tl.exp(Fc + m_c - m_row))  # (BL,) weight of the entering state
+        # (BL,) weight of the entering state
+        w = tl.where(m_c == float("-inf"), 0.0, tl.exp(Fc + Kc * LF_MIN + m_c - m_row))
         m_next_ref = tl.where(m_next == float("-inf"), 0.0, m_next)
-        wk = tl.exp(g - Fc + i - m_next_ref) * scale  # (BL,) weight of k_s in the state leaving the chunk
+        # (BL,) weight of k_s in the state leaving the chunk
+        wk = tl.exp((gf - Fc) + (gk - Kc) * LF_MIN + i - m_next_ref) * scale
 
         Sqk = tl.zeros([BL, BL], dtype=tl.float32)
         for kt in range(NK):
@@ -441,6 +460,9 @@ class _Config:
         # bf16 (d n0 1.9e-2 against the 2e-2 contract, on check_on_device's case); a second dot with C's rounding
         # error as bf16 brings it to 5e-3 for one more (BL, BK, BV) dot per tile. fp16 (11 bits) does not need it.
         self.split = dtype == torch.bfloat16
+        from ultra_vil.mlstm import LOGF_MIN  # here, not at import: mlstm.py may import this module
+
+        self.lf_min = LOGF_MIN  # the clamp of the log forget gate, which the kernels count apart from the decay sums
 
     def tile_counts(self, kind: str) -> tuple[int, int]:
         """(DK tiles, DV tiles) of one kernel kind: "scan", "fwd" or "bwd"."""
@@ -454,7 +476,7 @@ class _Config:
         loops = {} if kind == "scan" else {"NK": NK, "NV": NV, "SPLIT": self.split}
         return dict(
             DK=self.DK, DV=self.DV, L=self.L, BL=self.BL, BK=BK, BV=BV, **loops, PREC=self.prec, RT=self.rt,
-            CT=self.ct, REVERSE=self.reverse, num_warps=warps,
+            CT=self.ct, REVERSE=self.reverse, LF_MIN=self.lf_min, num_warps=warps,
         )  # fmt: skip
 
 
@@ -589,7 +611,7 @@ def mlstm_triton(
         (h (B, NH, S, DV) in v's dtype, MLSTMState in float32 or None). Differentiable w.r.t. q, k, v, both gates
         and the initial state.
     """
-    from ultra_vil.mlstm import MLSTMState  # here, not at import: mlstm.py may import this module
+    from ultra_vil.mlstm import MLSTMState, _require_floating, log_forget_gate  # here: mlstm.py may import this
 
     if not available(q.device):
         raise RuntimeError(
@@ -602,6 +624,7 @@ def mlstm_triton(
         raise ValueError(f"expected gates {tuple(q.shape[:3])}, got {tuple(igate.shape)}, {tuple(fgate.shape)}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    _require_floating(q=q, k=k, v=v, igate=igate, fgate=fgate)
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     if dtype not in _DTYPES:
         raise ValueError(f"the triton mLSTM backend runs float32, bfloat16 and float16, not {dtype}; use 'chunkwise'")
@@ -634,7 +657,8 @@ def mlstm_triton(
     with _on(q.device), torch.autocast(q.device.type, enabled=False):
         qf, kf, vf = (t.to(dtype).reshape(B * NH, S, t.shape[-1]).contiguous() for t in (q, k, v))
         i32 = igate.float().reshape(B * NH, S).contiguous()
-        lf32 = F.logsigmoid(fgate.float()).reshape(B * NH, S).contiguous()  # the sigmoid gate in log space
+        # the sigmoid gate in log space, clamped at LOGF_MIN as in every backend (-inf: forget everything)
+        lf32 = log_forget_gate(fgate.float()).reshape(B * NH, S).contiguous()
         # a non-finite key or value at step s would reach earlier outputs through 0 * NaN inside the tile matmuls;
         # such steps get an input gate of NaN instead and the kernels load k = v = 0 there, so the NaN reaches
         # exactly the outputs the recurrence spoils (s and later). Costs one read of k and v.
