@@ -18,8 +18,9 @@ Examples:
 The source is only read: --out-dir may not be the source, lie inside it or be a parent of it (for --split: of
 the data set's root or of the YAML's folder), and every image an annotation names must lie inside --src
 (--allow-outside-src lifts that, with a warning). A non-empty --out-dir is refused unless this tool wrote it;
-then --overwrite deletes exactly the files the tool wrote there (listed, with their sizes, in its marker
-.ultra_vil_dataset) and writes anew. Nothing is written if the annotations have errors.
+then --overwrite deletes exactly the files the tool wrote there (listed, with their sizes and content hashes, in
+its marker .ultra_vil_dataset), each only while unchanged, and writes anew. Nothing is written if the
+annotations have errors.
 Exit status: 0 OK, 1 invalid data, 2 bad arguments or another error you can fix (one line; --debug: traceback).
 """
 

@@ -217,3 +217,21 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["last.pt"]
     checkpoints.atomic_write(tmp_path / "rows.csv", "a,b\n")
     assert (tmp_path / "rows.csv").read_text() == "a,b\n"
+
+
+def test_a_file_that_is_no_checkpoint_says_so(tmp_path):
+    """Text and random bytes named .pt: before, the message ended in the unpickler's raw error (`...: 101`, the
+    KeyError of a text file) or blamed "Python objects besides tensors" for bytes that are no pickle at all. Now it
+    says the file is not a PyTorch checkpoint, with torch.load's error (its type first) in brackets."""
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, these are my notes, not weights\n")  # the unpickler: KeyError 101 ("e")
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(torch.randint(0, 256, (512,), generator=torch.Generator().manual_seed(3)).tolist()))
+    assert noise.read_bytes()[:2] != b"PK"
+    for path in (text, noise):
+        with pytest.raises(CheckpointError) as info:
+            create_model("vil_t", dim=16, num_blocks=2, img_size=32, num_classes=2, pretrained=path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: is not a PyTorch checkpoint ("), message
+        assert "torch.load: " in message and not message.endswith(": 101"), message
+        assert "Python objects" not in message, message

@@ -388,7 +388,9 @@ def test_overwrite_deletes_only_the_files_the_tool_wrote(voc, tmp_path, capsys):
     out = tmp_path / "out"
     assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 0
     marker = json.loads((out / MARKER).read_text())
-    assert marker["files"]["labels/train/a.txt"] == {"size": len((out / "labels/train/a.txt").read_bytes())}
+    content = (out / "labels/train/a.txt").read_bytes()
+    sha256 = hashlib.sha256(content).hexdigest()
+    assert marker["files"]["labels/train/a.txt"] == {"size": len(content), "sha256": sha256}
     image(out / "images" / "train" / "mine.jpg", 20, 20)
     (out / "notes.txt").write_text("mine")
     assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--overwrite"]) == 0
@@ -519,3 +521,63 @@ def test_a_symlink_inside_the_out_dir_cannot_send_writes_into_the_source(voc, tm
     assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--overwrite"]) == 1
     assert "leads outside" in _issues_text(capsys)
     assert tree_hash(voc) == before and not any((voc / "train").iterdir())
+
+
+# ------------------------------------------------------------------- issue 19: same-size edits, huge ids, names gaps
+def test_overwrite_keeps_an_edit_that_keeps_the_size(voc, tmp_path, capsys):
+    """A label's class id 0 -> 1, a name red -> RED in data.yaml: the size stays, the content does not. Before, the
+    marker held sizes only and --overwrite deleted both edits without a word; now it records a content hash, keeps
+    the edited files and names each of them."""
+    out = tmp_path / "out"
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 0
+    label, data_yaml = out / "labels" / "val" / "b.txt", out / "data.yaml"
+    text = label.read_text()
+    assert text.startswith("1 ")  # plane: id 1 (heli, plane)
+    label.write_text("0" + text[1:])
+    yaml_text = data_yaml.read_text()
+    assert "plane" in yaml_text
+    data_yaml.write_text(yaml_text.replace("plane", "PLANE"))
+    kept = tree_hash(out)
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--overwrite"]) == 1
+    text = _issues_text(capsys)
+    assert f"{label}: changed since this tool wrote it" in text and f"{data_yaml}: changed since" in text
+    assert tree_hash(out) == kept
+
+
+def test_overwrite_still_reads_a_marker_with_sizes_only(voc, tmp_path, capsys):
+    """A marker written before content hashes were recorded (sizes only) still works: its files are checked by
+    size, as they were then."""
+    out = tmp_path / "out"
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 0
+    marker = json.loads((out / MARKER).read_text())
+    marker["files"] = {rel: {"size": e["size"]} if "size" in e else e for rel, e in marker["files"].items()}
+    (out / MARKER).write_text(json.dumps(marker))
+    (out / "labels" / "val" / "b.txt").write_text("edited, another size\n")
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--overwrite"]) == 1
+    assert f"{out / 'labels' / 'val' / 'b.txt'}: changed since this tool wrote it" in _issues_text(capsys)
+    (out / "labels" / "val" / "b.txt").unlink()
+    assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out), "--overwrite"]) == 0
+    assert all("sha256" in e for e in json.loads((out / MARKER).read_text())["files"].values() if "size" in e)
+
+
+def test_check_prints_a_huge_class_id_as_written(yolo_set):
+    """A class id of 1e308: before, the error printed it as a 309-digit integer."""
+    lab = yolo_set / "labels" / "train" / "t0.txt"
+    lab.write_text("1e308 0.5 0.5 0.25 0.25\n")
+    report = check_yolo_dataset(yolo_set / "data.yaml")
+    messages = [str(e) for e in report.issues.errors]
+    assert messages == [f"{lab}:1: class id 1e308 out of range: 2 classes, ids 0..1"], messages
+
+
+def test_check_names_with_a_gap_is_one_error(yolo_set):
+    """names {0: a, 2: c}: before, the one right error came with an "out of range: 0 classes, ids 0..-1" error
+    for every label row (8 here); now the class ids are not checked against names that are invalid, said once."""
+    (yolo_set / "data.yaml").write_text("train: images/train\nval: images/val\nnames:\n  0: a\n  2: c\n")
+    report = check_yolo_dataset(yolo_set / "data.yaml")
+    text = report.format()
+    assert [str(e) for e in report.issues.errors] == [
+        f"{yolo_set / 'data.yaml'}:3: 'names' ids must be 0..1 without gaps, got [0, 2]"
+    ], text
+    assert "0 classes" not in text and "0..-1" not in text
+    assert sum("class ids were not checked" in str(w) for w in report.issues.warnings) == 1, text
+    assert report.stats["train"].boxes == 4  # the rows are still read (and checked for everything else)

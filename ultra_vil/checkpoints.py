@@ -17,13 +17,20 @@ model's grid (bicubic, as at run time).
 Everything is written through `atomic_write`: a temp file in the target's folder, flushed and fsync'ed, renamed
 over the target, and the folder fsync'ed, so a kill at any moment leaves the old file or the new one, never a torn
 one; every checkpoint, report and row file of the project goes through it.
+
+Reading: `read` loads tensors and plain types only (weights_only=True), and an Ultralytics checkpoint, which
+pickles its model as objects, goes through `read_objects`: weights_only=True with an allow-list passed in (that
+of Ultralytics' restricted loader and of ultra-vil's registration), or on explicit trust. Every unusable file is a
+`CheckpointError` that names it and says what it is not (no PyTorch checkpoint, truncated, untrusted objects).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
@@ -81,9 +88,23 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def read(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """torch.load(weights_only=True), with a CheckpointError naming the file for every way a file can be unusable."""
-    path = Path(path)
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
+# the legacy torch.save format: a pickle that opens with torch's magic number (LONG1, 10 bytes, little-endian)
+_LEGACY_MAGIC = b"\x8a\n" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint whose pickle names a Python object outside the allow-list: loading it could run its code.
+
+    `name` is the object refused as torch names it (`exec`, `mypackage.MyModel`), or "" if torch did not say."""
+
+    def __init__(self, message: str, path: str | os.PathLike, name: str = ""):
+        super().__init__(message, path)
+        self.name = name
+
+
+def _check_file(path: Path) -> int:
+    """The size of `path`; a CheckpointError if it is missing, not a file or empty."""
     if not path.exists():
         raise CheckpointError("no such file", path)
     if not path.is_file():
@@ -91,23 +112,95 @@ def read(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError("empty file (0 bytes): an interrupted download or copy?", path)
+    return size
+
+
+def _load_error(path: Path, size: int, e: Exception, refused: str) -> CheckpointError:
+    """The CheckpointError for a torch.load of `path` that raised `e`, by what the file is.
+
+    The file's first bytes decide, not the exception: torch raises KeyError, IndexError, UnpicklingError or
+    RuntimeError for bytes that are no checkpoint at all (a text file gives `KeyError: 101`, the code of the "e"
+    its unpickler read as a memo index). A file that opens neither as a zip archive (torch.save's format) nor
+    with the legacy format's magic number is "not a PyTorch checkpoint"; a torch file whose pickle names an
+    object outside the allow-list is an `UntrustedCheckpointError` (`refused` says why, for the message); any
+    other failure of a torch file is truncated or damaged. torch's own error is kept, type first, in brackets.
+
+    Args:
+        refused: The message for a refused object, with `{what}` where the object goes.
+    """
+    with open(path, "rb") as f:
+        head = f.read(32)
+    text = str(e).split("WeightsUnpickler error:", 1)[-1]  # past torch's paragraph on weights_only, if any
+    cause = f"torch.load: {type(e).__name__}: {_first_line(text) if text.strip() else _first_line(e)}"
+    if not head.startswith(_ZIP_MAGIC) and not (head.startswith(b"\x80") and _LEGACY_MAGIC in head):
+        return CheckpointError(f"is not a PyTorch checkpoint ({size} bytes, neither the zip archive nor the legacy "
+                               f"format that torch.save writes; {cause})", path)  # fmt: skip
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    if found or "weights only" in str(e).lower() or "weights_only" in str(e):
+        name = found.group(1) if found else ""
+        what = f"a Python object ({name})" if name else "Python objects"
+        return UntrustedCheckpointError(refused.format(what=what), path, name)
+    return CheckpointError(f"not a readable PyTorch file ({size} bytes; truncated or damaged): {cause}", path)
+
+
+def read(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """torch.load(weights_only=True), with a CheckpointError naming the file for every way a file can be unusable.
+
+    Missing, empty, not a PyTorch file at all, truncated or damaged, or holding pickled Python objects (an
+    Ultralytics .pt pickles its model: see `read_objects`); `_load_error` says how they are told apart.
+    """
+    return read_objects(path, map_location)
+
+
+def read_objects(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    *,
+    allow: Callable[[Path], contextlib.AbstractContextManager] | None = None,
+    trust: bool = False,
+):
+    """`read` for a file that pickles objects (an Ultralytics checkpoint pickles its model): without running code.
+
+    Unpickling can call any function a file names, so the file is loaded with `torch.load(weights_only=True)`,
+    and only tensors, plain types and what `allow` allow-lists can be rebuilt. This module keeps no list of its
+    own: an Ultralytics checkpoint gets the allow-list of Ultralytics' restricted loader (`ULTRALYTICS_SAFE_LOAD`),
+    `ultralytics.nn.tasks._SafeLoad.loading`, which registers the torch.nn and Ultralytics classes and data types
+    the file names, once `import ultra_vil.yolo` has registered ultra-vil's module classes (scripts/
+    checkpoint_range.py does both; only ultra_vil.yolo and scripts import Ultralytics).
+
+    Args:
+        path: The checkpoint.
+        map_location: As for torch.load.
+        allow: Called with the path before the load, it returns the context in which the allow-list holds.
+        trust: Load with weights_only=False instead, with a UserWarning: whatever the file's pickle calls runs.
+            Only for a file whose origin you trust, and only once the restricted load has refused it.
+
+    Raises:
+        CheckpointError: The file is missing, empty, not a PyTorch checkpoint, truncated or damaged;
+            `UntrustedCheckpointError` if it pickles an object outside the allow-list (and trust is False).
+    """
+    path = Path(path)
+    size = _check_file(path)
+    if allow is None:
+        refused = ("holds {what} besides tensors and plain types, so it is not loaded (weights_only=True); is it "
+                   "another framework's checkpoint (an Ultralytics .pt)?")  # fmt: skip
+    else:
+        refused = ("refused: it pickles {what} outside the allow-list of model classes and data types; unpickling "
+                   "it could run code (torch.load weights_only=True)")  # fmt: skip
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        if trust:
+            warnings.warn(f"{path}: loaded with torch.load(weights_only=False) on trust: any code its pickle names "
+                          "runs", UserWarning, stacklevel=2)  # fmt: skip
+            return torch.load(path, map_location=map_location, weights_only=False)
+        with allow(path) if allow is not None else contextlib.nullcontext():
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zipfile, EOF, unpickling, RuntimeError from the stream reader: none names the file
-        text = _first_line(e)
-        if "weights only" in str(e).lower() or "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(
-                "holds Python objects besides tensors and plain types, so it is not loaded (weights_only=True); "
-                f"is it another framework's checkpoint (an Ultralytics .pt)? ({text})",
-                path,
-            ) from e
-        raise CheckpointError(f"not a readable PyTorch file ({size} bytes; truncated or not a checkpoint): {text}",
-                              path) from e
+        raise _load_error(path, size, e, refused) from e
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException | str) -> str:
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return text[0].strip() if text else type(e).__name__
 
 
 # ------------------------------------------------------------------------------------------------ name mapping

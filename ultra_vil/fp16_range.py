@@ -15,22 +15,29 @@ FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 
 
 def tensor_range(state: dict[str, Tensor]) -> list[tuple[str, float]]:
-    """(name, max |finite value|) of every non-empty floating tensor of a state dict, largest first."""
+    """(name, max |value|) of every non-empty floating tensor of a state dict, largest first; NaN is ignored, inf
+    counts (a float16 cast turns an overflow into inf)."""
     out = []
     for name, t in state.items():
         if isinstance(t, Tensor) and t.is_floating_point() and t.numel():
-            a = t.detach().float().abs()
-            a = a[torch.isfinite(a)]
-            out.append((name, a.max().item() if a.numel() else 0.0))
+            a = t.detach().float().abs().nan_to_num(nan=0.0, posinf=float("inf"))
+            out.append((name, a.max().item()))
     return sorted(out, key=lambda x: -x[1])
 
 
 def float16_overflows(model: nn.Module | dict[str, Tensor]) -> list[tuple[str, float]]:
-    """(name, max |value|) of the tensors holding a finite value beyond float16's range, largest first: what a
-    float16 checkpoint of `model` (a module or a state dict) would clamp. Non-finite values are not counted
+    """(name, max |finite value|) of the tensors holding a finite value beyond float16's range, largest first: what
+    a float16 checkpoint of `model` (a module or a state dict) would clamp. Non-finite values are not counted
     (Ultralytics resyncs or clears those itself)."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
-    return [(n, v) for n, v in tensor_range(state) if v > FP16_MAX]
+    out = []
+    for name, t in state.items():
+        if isinstance(t, Tensor) and t.is_floating_point() and t.numel():
+            a = t.detach().float().abs()
+            a = a[torch.isfinite(a) & (a > FP16_MAX)]
+            if a.numel():
+                out.append((name, a.max().item()))
+    return sorted(out, key=lambda x: -x[1])
 
 
 def overflow_message(name: str, value: float) -> str:

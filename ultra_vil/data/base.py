@@ -8,13 +8,17 @@ Two promises rest on this file:
   (`check_out_dir`), and every image an annotation names must resolve inside the source, symlinks followed
   (`ImageFinder`), unless the user passes --allow-outside-src.
 - **Only what ultra-vil wrote is ever deleted.** Each output folder holds a marker, `.ultra_vil_dataset`, listing
-  every file written there with its size (a symlink: its target). `--overwrite` deletes exactly those files, each
-  only while it still has that size, then the folders left empty; never a folder wholesale. A marker that does
-  not validate (`{}`, an older marker without a file list, a path leaving the folder) is an error naming it.
+  every file written there with its size and the sha256 of its content (a symlink: its target). `--overwrite`
+  deletes exactly those files, each only while it still has that content, then the folders left empty; never a
+  folder wholesale. An edit that keeps the size (a class id `0` -> `1`, a name `red` -> `RED`) is caught by the
+  hash. A marker that does not validate (`{}`, an older marker without a file list, a path leaving the folder)
+  is an error naming it. Markers written before the hashes were recorded (the same version 2, sizes only) are
+  still read, and their files checked by size alone, as they were when written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -30,6 +34,8 @@ IMG_FORMATS = frozenset(
 MARKER = ".ultra_vil_dataset"
 MARKER_TOOL = "ultra_vil.data"
 MARKER_VERSION = 2  # 1 (ultra-vil 0.1.0): {"source", "tool"} without a file list, so nothing in it can be deleted
+# The content hash of a written file in the marker; version 2 markers without it hold sizes only (checked by size).
+MARKER_HASH = "sha256"
 
 
 def is_image(path: Path | str) -> bool:
@@ -191,14 +197,44 @@ def read_marker(folder: Path) -> dict:
         if entry is not None and not (
             isinstance(entry, dict)
             and (isinstance(entry.get("size"), int) or isinstance(entry.get("link"), str))
+            and isinstance(entry.get(MARKER_HASH, ""), str)
         ):
-            raise bad(f"the marker's entry for {rel!r} is neither a size nor a link target: {entry!r}")
+            raise bad(f"the marker's entry for {rel!r} is neither a size (and hash) nor a link target: {entry!r}")
     return marker
 
 
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_entry(path: Path) -> dict:
-    """What the marker records of a written file: its size, or for a symlink its target."""
-    return {"link": os.readlink(path)} if path.is_symlink() else {"size": path.stat().st_size}
+    """What the marker records of a written file: its size and content hash, or for a symlink its target."""
+    if path.is_symlink():
+        return {"link": os.readlink(path)}
+    return {"size": path.stat().st_size, MARKER_HASH: _digest(path)}
+
+
+def changed(path: Path, entry: dict) -> str | None:
+    """How the file at `path` differs from its marker `entry`, or None while it is what was written.
+
+    A link is compared by target; a file by size, then (if the entry has one) by content hash. An entry without a
+    hash (a marker written before hashes were recorded) is compared by size alone: an edit of the same size is
+    not seen there."""
+    if "link" in entry:
+        now = os.readlink(path) if path.is_symlink() else None
+        return None if now == entry["link"] else f"link target {entry['link']!r} in the marker, now {now!r}"
+    if path.is_symlink():
+        return f"a file of {entry['size']} bytes in the marker, now a link to {os.readlink(path)!r}"
+    size = path.stat().st_size
+    if size != entry["size"]:
+        return f"{entry['size']} bytes in the marker, now {size}"
+    if MARKER_HASH in entry and _digest(path) != entry[MARKER_HASH]:
+        return f"same size ({size} bytes), other content ({MARKER_HASH} differs)"
+    return None
 
 
 def write_marker(folder: Path, files: dict[str, dict | None], **info) -> None:
@@ -212,10 +248,11 @@ def write_marker(folder: Path, files: dict[str, dict | None], **info) -> None:
 def remove_written(folder: Path, marker: dict) -> None:
     """Delete the files `marker` lists, each only if it still is what was written, then the folders left empty.
 
-    Everything is checked before anything is deleted: a listed file that has changed (another size, another link
-    target, a folder in its place) or whose path leaves `folder` through a symlinked folder stops the whole
-    replacement with an error naming it. A file listed as None (an interrupted write: the path did not exist when
-    the tool began) is deleted if it is a file.
+    Everything is checked before anything is deleted: a listed file that has changed (`changed`: another content,
+    another link target, a folder in its place; by size only for a marker without hashes) or whose path leaves
+    `folder` through a symlinked folder stops the whole replacement with an error naming it and what changed. A
+    file listed as None (an interrupted write: the path did not exist when the tool began) is deleted if it is a
+    file.
     """
     folder = Path(folder)
     real = folder.resolve()
@@ -229,8 +266,10 @@ def remove_written(folder: Path, marker: dict) -> None:
             continue  # already gone: nothing to delete
         if path.is_dir() and not path.is_symlink():
             issues.error(path, None, "listed in the marker as a file, but it is a folder; not deleted")
-        elif entry is not None and file_entry(path) != entry:
-            issues.error(path, None, f"changed since this tool wrote it (marker: {entry}, now: {file_entry(path)})")
+            continue
+        why = changed(path, entry) if entry is not None else None
+        if why:
+            issues.error(path, None, f"changed since this tool wrote it ({why}); not deleted")
         else:
             doomed.append(path)
     if issues.errors:

@@ -4,7 +4,7 @@ Output, in `out_dir`:
     images/{train,val[,test]}/   copies of (or, with link=True, symlinks to) the source images
     labels/{train,val[,test]}/   one .txt per image: `class x_center y_center width height`, normalised, 6 decimals
     data.yaml                    Ultralytics data YAML; class order = `names`
-    .ultra_vil_dataset           marker: every file written here, with its size (ultra_vil.data.base)
+    .ultra_vil_dataset           marker: every file written here, with its size and sha256 (ultra_vil.data.base)
 
 Everything is checked before anything is written: on any error nothing is written and `DatasetError` lists
 every problem by file and line. The source is never written to: `out_dir` may not be the source folder, lie

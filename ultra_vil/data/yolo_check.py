@@ -67,7 +67,8 @@ class CheckReport:
         return not self.issues.errors
 
     def format(self, max_each: int | None = 50) -> str:
-        lines = [f"Checked {self.data_yaml} ({len(self.names)} classes)"]
+        classes = f"{len(self.names)} classes" if self.names else "no valid class list"
+        lines = [f"Checked {self.data_yaml} ({classes})"]
         for split, st in self.stats.items():
             invalid = f", {st.invalid} with invalid labels" if st.invalid else ""
             lines.append(
@@ -207,7 +208,11 @@ def check_yolo_dataset(data_yaml: Path | str, decode: bool = True, datasets_dir:
     spec = read_data_yaml(data_yaml, datasets_dir=datasets_dir)
     issues = spec.issues
     stats: dict[str, SplitStats] = {}
-    nc = len(spec.names)
+    # Without a valid class list (read_data_yaml reported why) the ids cannot be checked: said once, not per row.
+    nc = len(spec.names) if spec.names else None
+    if nc is None and spec.splits:
+        issues.warn(spec.yaml_path, None, "class ids were not checked against 'names', which is invalid (see the "
+                    "error); the rows were checked for everything else")  # fmt: skip
     seen_in: dict[Path, str] = {}
     for split, images in spec.splits.items():
         st = stats[split] = SplitStats()
@@ -268,8 +273,10 @@ def _check_image(image: Path, list_file: Path | None, line: int | None, decode: 
                 )
 
 
-def _check_label_file(path: Path, nc: int, issues: Issues) -> list[int]:
-    """Class ids of the valid rows; every bad row is reported with its line."""
+def _check_label_file(path: Path, nc: int | None, issues: Issues) -> list[int]:
+    """Class ids of the valid rows; every bad row is reported with its line, values as written in the file.
+
+    `nc` None: the class list is invalid, so class ids are checked only for being integers of at least 0."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -301,8 +308,10 @@ def _check_label_file(path: Path, nc: int, issues: Issues) -> list[int]:
         if cls != int(cls):
             issues.error(path, i, f"malformed row: class id {parts[0]} is not an integer")
             continue
-        if not 0 <= cls < nc:
-            issues.error(path, i, f"class id {int(cls)} out of range: {nc} classes, ids 0..{nc - 1}")
+        if cls < 0 or (nc is not None and cls >= nc):
+            given = parts[0] if len(parts[0]) <= 20 else f"{cls:g}"  # never int(1e308), a 309-digit number
+            ids = f"{nc} classes, ids 0..{nc - 1}" if nc is not None else "ids start at 0"
+            issues.error(path, i, f"class id {given} out of range: {ids}")
             continue
         bad = [x for x in parts[1:] if not 0.0 <= float(x) <= 1.0]
         if bad:
