@@ -252,7 +252,8 @@ def test_checkpoint_of_commit_3c73528_gives_identical_outputs(name, rebuilt_fixt
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_output_gate_has_autograd_gradients(bias):
     """The output gate's hand-written backward (it saves less) equals autograd through the plain ops."""
-    from ultra_vil.vil import MultiHeadNorm, _NormSkipGate, norm_skip
+    from ultra_vil.layers import MultiHeadNorm
+    from ultra_vil.vil import _NormSkipGate, norm_skip
 
     B, NH, S, DH = 2, 3, 5, 4
     norm = randomize(MultiHeadNorm(NH * DH, NH, bias))

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from ultra_vil import checkpoints
 from ultra_vil.checkpoints import interpolate_pos_embed
-from ultra_vil.vil import TRAVERSALS, LayerNorm, ViLStack
+from ultra_vil.layers import LayerNorm
+from ultra_vil.vil import TRAVERSALS, ViLStack
 
 # dim, blocks and the drop-path rate of the paper's training recipes (src/vislstm/yamls of NX-AI/vision-lstm)
 VARIANTS = {

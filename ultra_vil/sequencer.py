@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ultra_vil.vil import DropPath
+from ultra_vil.layers import DropPath
 
 
 class BiLSTM2D(nn.Module):

@@ -35,6 +35,10 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+# the shared layers live in ultra_vil.layers; their pickled path stays `ultra_vil.vil.<name>` (a checkpoint
+# contract: Ultralytics checkpoints pickle whole modules), so they must stay importable from here
+from ultra_vil.layers import DropPath, HeadwiseLinear, LayerNorm, MultiHeadNorm
+from ultra_vil.layers.headwise import _headwise_t
 from ultra_vil.mlstm import mlstm
 
 DIRECTIONS = ("row_fwd", "row_bwd", "col_fwd", "col_bwd")
@@ -93,70 +97,6 @@ def from_direction(x: Tensor, grid: tuple[int, int], direction: str) -> Tensor:
     if direction == "col_bwd":
         x = x.flip(1)
     return x.reshape(B, W, H, C).transpose(1, 2).reshape(B, S, C)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm whose scale is stored as w with effective weight 1 + w (w = 0 at init), as in ViL. (..., D)."""
-
-    def __init__(self, dim: int, bias: bool = True, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        # the normalised shape comes from the parameter, not from x.shape: a traced shape breaks ONNX export
-        return F.layer_norm(x, self.weight.shape, 1.0 + self.weight, self.bias, self.eps)
-
-
-class MultiHeadNorm(nn.Module):
-    """GroupNorm over each head's features (weight 1 + w): (B, NH, S, DH) -> (B, S, NH * DH)."""
-
-    def __init__(self, dim: int, num_heads: int, bias: bool = True, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.weight = nn.Parameter(torch.zeros(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
-        self.eps = eps
-
-    def forward(self, h: Tensor) -> Tensor:
-        B, NH, S, DH = h.shape
-        x = h.transpose(1, 2).reshape(B * S, NH * DH)  # (B*S, E)
-        # num_groups from the module, not from h.shape: ONNX export needs it constant
-        x = F.group_norm(x, self.num_heads, 1.0 + self.weight, self.bias, self.eps)
-        return x.reshape(B, S, NH * DH)  # (B, S, E)
-
-
-def _headwise_t(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """Block-diagonal projection of N tokens, answered feature-major: (N, NB * bs) -> (NB, bs, N).
-
-    One batched matmul over the NB blocks with the tokens as the long dimension: W (bs, bs) @ x^T (bs, N) per
-    block. The token-major contraction (N, bs) @ (bs, bs) has a 4-wide output and runs 3-6x slower on CPU (and
-    needs a copy in and out); here the input is a strided view and the bias rides in the matmul (baddbmm).
-    """
-    NB, bs, _ = weight.shape
-    xt = x.reshape(-1, NB, bs).permute(1, 2, 0)  # (NB, bs, N) view
-    return torch.bmm(weight, xt) if bias is None else torch.baddbmm(bias.view(NB, bs, 1), weight, xt)
-
-
-class HeadwiseLinear(nn.Module):
-    """Block-diagonal projection: `dim` features in blocks of `block_size`, each with its own square matrix.
-
-    (..., dim) -> (..., dim). Weight (dim / block_size, block_size, block_size), rows = outputs (as in ViL).
-    """
-
-    def __init__(self, dim: int, block_size: int, bias: bool = True) -> None:
-        super().__init__()
-        if dim % block_size:
-            raise ValueError(f"HeadwiseLinear: dim={dim} is not divisible by block_size={block_size}")
-        self.block_size = block_size
-        self.weight = nn.Parameter(torch.empty(dim // block_size, block_size, block_size))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        out = _headwise_t(x.reshape(-1, shape[-1]), self.weight, self.bias)  # (NB, bs, N)
-        return out.permute(2, 0, 1).reshape(shape)  # (..., dim)
 
 
 class MLSTMMixer(nn.Module):
@@ -463,25 +403,6 @@ class ViLLayer(nn.Module):
             else:
                 h = h + mixer(x_m, grid, cls_index, reverse)  # (B, S, E)
         return self.proj_down(h * F.silu(z))  # (B, S, D)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth on a residual branch: drops the whole branch per sample with probability p."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class ViLBlock(nn.Module):

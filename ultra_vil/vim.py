@@ -15,7 +15,7 @@ A Vim block is `x + DropPath(VimMixer(LayerNorm(x)))`; a VimMixer with D = dim a
     out = out_proj((y_fwd + y_bwd) / 2 * SiLU(z))      Linear(DI, D), no bias
 The halving is Vim's `if_devide_out=True` (the "_div2" in its released model names); the backward output is
 flipped back to row-major before the sum. Norm: Vim's released models use RMSNorm; this file uses the ViL
-LayerNorm (`ultra_vil.vil.LayerNorm`) so every mixer in this project has the same pre-norm (and ONNX-friendly
+LayerNorm (`ultra_vil.layers.LayerNorm`) so every mixer in this project has the same pre-norm (and ONNX-friendly
 shapes).
 
 The selective scan is pure PyTorch (`selective_scan`): a gated linear recurrence per channel d and state n,
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ultra_vil.vil import DropPath, LayerNorm
+from ultra_vil.layers import DropPath, LayerNorm
 
 SCAN_BACKENDS = ("chunkwise", "recurrent")
 

@@ -305,8 +305,8 @@ _NOT_LAYER_KEYS = ("name", "num_classes", "drop_path", "checkpoint", "legacy_nor
 # papers compare ViL-T and Vim-Ti at the same 24 blocks). So the same YAML row gives the three mixers the same
 # parameter budget, and the YAMLs differ only in the module name.
 
-from ultra_vil.sequencer import SequencerBlock  # imported here: this section is self-contained
-from ultra_vil.vil import LayerNorm
+from ultra_vil.layers import LayerNorm  # imported here: this section is self-contained
+from ultra_vil.sequencer import SequencerBlock
 from ultra_vil.vim import VimBlock
 
 __all__ += ("SequencerC2f", "SequencerStage", "VimC2f", "VimStage")

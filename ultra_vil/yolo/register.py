@@ -13,8 +13,10 @@ Ultralytics 8.4 has no plug-in mechanism for model layers (see research/ultralyt
    call time.
 3. Clear YAML errors: the recompiled parser is wrapped so that an error raised while building one of our
    modules names the YAML file, the layer index, the module and the argument (`YAMLLayerError`).
-4. `torch.serialization.add_safe_globals` for every module class of `ultra_vil.vil`, `ultra_vil.classifier` and
-   `ultra_vil.yolo.modules`, so checkpoints also load under `ULTRALYTICS_SAFE_LOAD=1`.
+4. `torch.serialization.add_safe_globals` for every module class of `ultra_vil.vil` (the classes of
+   `ultra_vil.layers` included: they keep `ultra_vil.vil` as their pickled path), `ultra_vil.sequencer`,
+   `ultra_vil.vim`, `ultra_vil.classifier` and `ultra_vil.yolo.modules`, so checkpoints also load under
+   `ULTRALYTICS_SAFE_LOAD=1`.
 5. Weight decay: Ultralytics' `BaseTrainer.build_optimizer` exempts only `torch.nn` norm layers and parameters
    named `bias`, so it would decay ViL's norm gains (stored as w in 1 + w: decay pulls them to gain 1, not 0, but
    the recipe exempts them), position embedding and `learnable_skip`. The method is wrapped (once, when the
@@ -47,7 +49,7 @@ from types import FunctionType, ModuleType
 import torch
 from torch import nn
 
-from ultra_vil import classifier, sequencer, vil, vim
+from ultra_vil import classifier, layers, sequencer, vil, vim
 from ultra_vil.errors import UserError
 from ultra_vil.fp16_range import float16_overflows, overflow_message
 from ultra_vil.yolo import modules
@@ -140,8 +142,8 @@ def is_registered(tasks: ModuleType | None = None) -> bool:
 
 
 def module_classes() -> list[type[nn.Module]]:
-    """Every nn.Module class defined in ultra_vil.vil, .sequencer, .vim, .classifier and .yolo.modules (what a
-    checkpoint pickles)."""
+    """Every nn.Module class whose pickled path is in ultra_vil.vil (the classes of ultra_vil.layers included),
+    .sequencer, .vim, .classifier or .yolo.modules (what a checkpoint pickles)."""
     return [
         obj
         for mod in (vil, sequencer, vim, classifier, modules)
@@ -336,7 +338,7 @@ def _quote_plain_args(d: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- weight decay
-NO_DECAY_NORMS = (vil.LayerNorm, vil.MultiHeadNorm)  # ViL's norms; torch.nn norms Ultralytics exempts itself
+NO_DECAY_NORMS = (layers.LayerNorm, layers.MultiHeadNorm)  # ViL's norms; torch.nn norms Ultralytics exempts itself
 # parameter names, in any module of ours; A_log and D are Vim's (Mamba exempts its state decay and skip gain)
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "learnable_skip", "A_log", "D")
 _OUR_MODULES = tuple(MODULES.values()) + tuple(PLAIN_MODULES.values())
