@@ -23,11 +23,11 @@ processes for other checkouts) and reports the minimum and the median over round
     yolo        stock YOLOv8n vs YOLOv8n-ViL: batch-1 fused inference at 640 (PyTorch, and ONNX Runtime when
                 installed), fwd+bwd at 640 batch 4: time and peak memory
 
---device cuda first runs the Triton kernel's correctness check on the GPU (ultra_vil.mlstm_triton.check_on_device);
+--device cuda first runs the Triton kernel's correctness check on the GPU (ultra_vil.mlstm.triton.check_on_device);
 a kernel that fails it is not timed. Every mLSTM backend is checked against the float64 recurrence before timing.
 Writes benchmark.csv (one row per contender and size), benchmark.md (the target table of issue 9 first, then
 every section), benchmark.png and mlstm_dispatch.json into --out-dir; --update-dispatch also writes the package
-copy ultra_vil/mlstm_dispatch.json that `mlstm(backend="auto")` reads. Nothing is downloaded.
+copy ultra_vil/mlstm/mlstm_dispatch.json that `mlstm(backend="auto")` reads. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def mlstm_dtype(device) -> torch.dtype:
 def triton_status(device) -> tuple[bool, str]:
     """(time the triton backend?, why / the GPU check's result). Only on CUDA: the CPU interpreter is for tests."""
     try:
-        from ultra_vil import mlstm_triton
+        from ultra_vil.mlstm import triton as mlstm_triton
     except ImportError as e:
         return False, f"triton backend not importable ({e})"
     if device.type != "cuda":

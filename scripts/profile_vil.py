@@ -42,8 +42,7 @@ def load_baseline_pair(src: Path, own_cell: bool = True) -> type[nn.Module]:
     if not own_cell:
         mods["mlstm"] = importlib.import_module("ultra_vil.mlstm")  # the module (the package exports the function)
     for name in ("mlstm", "vil") if own_cell else ("vil",):
-        spec = importlib.util.spec_from_file_location(f"_baseline_{name}", src / "ultra_vil" / f"{name}.py")
-        mods[name] = importlib.util.module_from_spec(spec)
+        mods[name], spec = _module_of(src / "ultra_vil", name)
         if name == "vil":  # its `from ultra_vil.mlstm import mlstm` must find the baseline's cell
             saved = sys.modules.get("ultra_vil.mlstm")
             sys.modules["ultra_vil.mlstm"] = mods["mlstm"]
@@ -54,6 +53,21 @@ def load_baseline_pair(src: Path, own_cell: bool = True) -> type[nn.Module]:
         else:
             spec.loader.exec_module(mods[name])
     return mods["vil"].ViLBlockPair
+
+
+def _module_of(package: Path, name: str):
+    """(module, spec) of `package/name.py`, or of the package `package/name/` (its relative imports resolve inside
+    it), under the private name `_baseline_<name>`; not yet executed."""
+    folder = package / name
+    if (folder / "__init__.py").is_file():
+        spec = importlib.util.spec_from_file_location(
+            f"_baseline_{name}", folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+    else:
+        spec = importlib.util.spec_from_file_location(f"_baseline_{name}", package / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a package's relative imports look their parent up here
+    return module, spec
 
 
 def make_step(model: nn.Module, x: torch.Tensor, grid: tuple[int, int] | None, forward_only: bool = False):

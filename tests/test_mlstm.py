@@ -1,4 +1,4 @@
-"""Numerical contracts of the mLSTM cell (ultra_vil/mlstm.py), all on CPU.
+"""Numerical contracts of the mLSTM cell (ultra_vil.mlstm), all on CPU.
 
 The reference below is written independently of the package: a float64 loop over the stabilised recurrence
 of xLSTM (Sec. 2.3). Every backend must reproduce it, forward and backward, to the precision of its dtype.
@@ -20,7 +20,9 @@ import torch
 from ultra_vil.measure import cpu_memory_mb
 from ultra_vil.mlstm import BACKENDS, PARALLEL_MAX_SEQ, mlstm, select_backend
 
-mlstm_module = importlib.import_module("ultra_vil.mlstm")  # the module (ultra_vil.mlstm is also the function)
+mlstm_module = importlib.import_module("ultra_vil.mlstm")  # the package (ultra_vil.mlstm is also the function)
+chunkwise_module = importlib.import_module("ultra_vil.mlstm.chunkwise")
+dispatch_module = importlib.import_module("ultra_vil.mlstm.dispatch")
 B, NH, DK, DV = 2, 3, 8, 6  # NH != DK != DV: transposes cannot hide
 
 
@@ -287,7 +289,7 @@ def test_state_scan_loop_equals_matmul(monkeypatch, reverse):
     state = [t.detach() for t in reference(*make_inputs(5, seed=22))[1]]
     results = []
     for loop_min in (0, 10**9):
-        monkeypatch.setattr(mlstm_module, "LOOP_MIN_CHUNKS", loop_min)
+        monkeypatch.setattr(chunkwise_module, "LOOP_MIN_CHUNKS", loop_min)
         leaves = [t.clone().requires_grad_() for t in inputs + state]
         h, (C, n, m) = mlstm(*leaves[:5], backend="chunkwise", chunk_size=7, initial_state=leaves[5:],
                              return_state=True, reverse=reverse)
@@ -363,20 +365,20 @@ def test_auto_picks_triton_only_from_a_measured_threshold(monkeypatch):
     """triton only where the table has a threshold, S reaches it and the kernel can run."""
     table = {"comment": "test", "cpu": {"float32": {"parallel_max_seq": 100, "triton_min_seq": 1000}},
              "cuda": {"bfloat16": {"parallel_max_seq": 512, "triton_min_seq": None}}}
-    monkeypatch.setattr(mlstm_module, "DISPATCH", table)
-    monkeypatch.setattr(mlstm_module, "_triton_usable", lambda device: True)
+    monkeypatch.setattr(dispatch_module, "DISPATCH", table)
+    monkeypatch.setattr(dispatch_module, "_triton_usable", lambda device: True)
     assert select_backend(100, "cpu", torch.float32) == "parallel"
     assert select_backend(999, "cpu", torch.float32) == "chunkwise"
     assert select_backend(1000, "cpu", torch.float32) == "triton"
     assert select_backend(1000, "cpu", torch.bfloat16) == "triton"  # missing dtype: the cpu/float32 entry
     assert select_backend(10**6, "cuda", torch.float16) == "chunkwise"  # no threshold: never
-    monkeypatch.setattr(mlstm_module, "_triton_usable", lambda device: False)
+    monkeypatch.setattr(dispatch_module, "_triton_usable", lambda device: False)
     assert select_backend(1000, "cpu", torch.float32) == "chunkwise"
 
 
 def test_triton_backend_needs_the_kernel(monkeypatch):
     """backend='triton' where the kernel cannot run raises a clear error (no silent fallback)."""
-    mlstm_triton = pytest.importorskip("ultra_vil.mlstm_triton")
+    mlstm_triton = pytest.importorskip("ultra_vil.mlstm.triton")
     monkeypatch.setattr(mlstm_triton, "available", lambda device: False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         mlstm(*make_inputs(5, torch.float32), backend="triton")
@@ -646,8 +648,8 @@ def test_import_survives_a_broken_dispatch_table(tmp_path, case):
     """`import ultra_vil` (classifier, mlstm with backend="auto") works in a fresh process whose package copy has a
     missing or malformed mlstm_dispatch.json, with one warning naming the file."""
     package = tmp_path / "ultra_vil"
-    shutil.copytree(Path(mlstm_module.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
-    table = package / "mlstm_dispatch.json"
+    shutil.copytree(Path(mlstm_module.__file__).parents[1], package, ignore=shutil.ignore_patterns("__pycache__"))
+    table = package / "mlstm" / "mlstm_dispatch.json"
     if case == "missing":
         table.unlink()
     else:

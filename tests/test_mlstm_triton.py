@@ -1,4 +1,4 @@
-"""The fused Triton mLSTM (ultra_vil/mlstm_triton.py) against the float64 recurrence, on CPU under TRITON_INTERPRET=1.
+"""The fused Triton mLSTM (ultra_vil/mlstm/triton.py) against the float64 recurrence, on CPU under TRITON_INTERPRET=1.
 
 triton.jit reads TRITON_INTERPRET when it decorates a kernel; the module builds its kernels on first use, so setting
 the variable here, before any kernel exists, is enough even if another test imported triton earlier. The interpreter
@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed: the optional fused backend cannot be tested")
 
-from ultra_vil import mlstm_triton as mt
+from ultra_vil.mlstm import triton as mt
 from ultra_vil.mlstm import mlstm
 
 DEVICE = torch.device("cpu") if os.environ.get("TRITON_INTERPRET") == "1" else torch.device("cuda")
@@ -235,7 +235,7 @@ def test_continues_from_state():
 
 
 def test_mlstm_backend_triton_runs_this_kernel():
-    """`mlstm(..., backend="triton")` (ultra_vil/mlstm.py) is this kernel, both traversal directions."""
+    """`mlstm(..., backend="triton")` (ultra_vil.mlstm) is this kernel, both traversal directions."""
     ts, _ = make_inputs(1, 2, 30, 32, 32, False)
     ts = [x.float().to(DEVICE) for x in ts]
     for reverse in (False, True):
@@ -277,7 +277,7 @@ def test_kernels_compile_for_hopper():
     64-wide tile, two 32-wide), a masked chunk tile (24 in 32), reverse addressing, initial and final state."""
     pytest.importorskip("triton.backends.nvidia", reason="this triton build has no NVIDIA backend")
     code = (  # a fresh process: triton imported here under TRITON_INTERPRET=1 cannot compile (see compile_report)
-        "import torch, ultra_vil.mlstm_triton as mt\n"
+        "import torch\nfrom ultra_vil.mlstm import triton as mt\n"
         "r = mt.compile_report(90, torch.bfloat16, DK=40, DV=40, chunk_size=24, reverse=True)\n"
         "assert set(r) == {'_fwd_states', '_fwd_out', '_bwd_states', '_bwd_chunk'}, r\n"
         "print(r)\n"
@@ -290,10 +290,10 @@ def test_kernels_compile_for_hopper():
 
 
 def test_import_without_triton():
-    """`import ultra_vil.mlstm_triton` works where triton is missing; the backend then reports itself unavailable."""
+    """`from ultra_vil.mlstm import triton` works where triton is missing; the backend then reports itself unavailable."""
     code = (
         "import sys; sys.modules['triton'] = None\n"  # `import triton` now raises ImportError
-        "import torch, ultra_vil.mlstm_triton as mt\n"
+        "import torch\nfrom ultra_vil.mlstm import triton as mt\n"
         "assert not mt.available(torch.device('cpu')) and not mt.available('cuda')\n"
         "print('ok')\n"
     )

@@ -2,7 +2,7 @@
 
 - The correctness guard: every mLSTM backend is checked against the float64 recurrence at a short sequence before
   it is timed; a backend that disagrees is refused, not timed.
-- The mLSTM dispatch table (`ultra_vil/mlstm_dispatch.json`, read by `mlstm(backend="auto")`): choosing the
+- The mLSTM dispatch table (`ultra_vil/mlstm/mlstm_dispatch.json`, read by `mlstm(backend="auto")`): choosing the
   thresholds from an interleaved grid of timings, and reading / writing the file's one format.
 - Contenders in other processes: a second ultra-vil checkout (e.g. a `git worktree` of an older commit) and the
   official `vision_lstm` package cannot share one interpreter with this checkout (both checkouts are the package
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-DISPATCH_FILE = HERE / "mlstm_dispatch.json"  # the package copy that `auto` reads
+DISPATCH_FILE = HERE / "mlstm" / "mlstm_dispatch.json"  # the package copy that `auto` reads
 REPLY = "@@bench-worker "  # prefix of the child's replies on stdout; other output (warnings) passes through
 
 if __package__:
