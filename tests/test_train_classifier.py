@@ -28,8 +28,9 @@ import torch
 import yaml
 from conftest import load_script
 
+from ultra_vil import checkpoints
 from ultra_vil.classifier import create_model, load_checkpoint
-from ultra_vil.train import checkpoint as ckpt_io
+from ultra_vil.train import train_state
 from ultra_vil.train.config import parse_args
 from ultra_vil.train.data import (
     BadImageError,
@@ -614,9 +615,9 @@ def test_ema_update():
 def test_rng_states_round_trip_through_weights_only(tmp_path):
     """RNG states stored as tensors and ints survive torch.load(weights_only=True) and replay the same draws."""
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    ckpt_io.atomic_save({"model": {}, "rng": ckpt_io.rng_state()}, tmp_path / "s.pt")
+    checkpoints.atomic_save({"model": {}, "rng": train_state.rng_state()}, tmp_path / "s.pt")
     expected = (torch.rand(3), np.random.rand(3), random.random())
-    ckpt_io.set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
+    train_state.set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
     assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]  # no temp file left behind
@@ -665,11 +666,3 @@ def test_fashion_mnist_builder(tmp_path):
     real = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
     if real.is_file():  # the installed package, when present: 60,000 labels, 6,000 per class
         assert np.bincount(read_idx(real)).tolist() == [6000] * 10
-
-
-def test_fashion_mnist_builder_keeps_its_old_import_path():
-    """The builder moved to ultra_vil.train (issue 11); ultra_vil.data.fashion_mnist still names the same objects."""
-    from ultra_vil.data import fashion_mnist as old
-    from ultra_vil.train import fashion_mnist as new
-
-    assert old.build_image_folder is new.build_image_folder and old.read_idx is new.read_idx

@@ -52,7 +52,6 @@ def test_cfg_files_exist():
     assert {
         "yolov8-vil.yaml",
         "yolov8-vil-p5.yaml",
-        "yolov8-vil-backbone.yaml",
         "yolov8-vil-neck.yaml",
         "yolov8-vil-all.yaml",
     } <= names

@@ -32,7 +32,7 @@ from torch import nn
 from ultra_vil import checkpoints
 from ultra_vil.classifier import VisionLSTM, build_from_config, create_model
 from ultra_vil.errors import ArgumentError, NonFiniteLossError
-from ultra_vil.train import checkpoint as ckpt_io
+from ultra_vil.train import train_state
 from ultra_vil.train import distributed as D
 from ultra_vil.train.data import (
     STREAM_STEP,
@@ -174,7 +174,7 @@ def evaluate_checkpoint(args: argparse.Namespace, info: D.DistInfo, progress: Pr
     """--eval-only: top-1/top-5 of the checkpoint (and of its EMA weights, if it has them) on <data>/val."""
     progress = progress if (progress and info.is_main) else _no_progress
     path = resolve_resume_path(args)
-    ckpt = ckpt_io.load(path)
+    ckpt = train_state.load(path)
     config = dict(ckpt["config"])
     if args.img_size is not None:
         config["img_size"] = args.img_size
@@ -213,7 +213,7 @@ class Trainer:
         self.device = info.device
         self.out_dir = Path(args.out_dir)
         resume_path = resolve_resume_path(args)
-        resume = ckpt_io.load(resume_path) if resume_path else None
+        resume = train_state.load(resume_path) if resume_path else None
         if resume is not None and "optimizer" not in resume:
             raise ArgumentError(f"--resume {resume_path} holds weights only (a best.pt?): resume from last.pt, or "
                                 f"start a new run from it with --finetune")
@@ -343,7 +343,7 @@ class Trainer:
         self.best_top1, self.history = ckpt["best_top1"], list(ckpt["history"])
         if self.info.is_main:  # the running sums of a cut epoch are global: one rank carries them on
             self.partial = dict(ckpt.get("partial") or self.partial)
-        ckpt_io.set_rng_state(ckpt["rng"])
+        train_state.set_rng_state(ckpt["rng"])
         LOGGER.info("resumed from %s: %d epoch(s) done + %d step(s)", path, self.start_epoch, self.start_step)
 
     # ---------------------------------------------------------------------------------------------- saving
@@ -359,7 +359,7 @@ class Trainer:
             ema=self.ema.state_dict() if self.ema is not None else None,
             epoch=epoch, step=step, steps_per_epoch=self.steps_per_epoch, global_step=self.global_step,
             best_top1=self.best_top1, history=self.history, classes=self.classes, args=self.resolved_args(),
-            partial=partial, rng=ckpt_io.rng_state(),
+            partial=partial, rng=train_state.rng_state(),
         )
 
     def save_last(self, epoch: int, step: int, partial: dict | None = None) -> None:
@@ -367,11 +367,11 @@ class Trainer:
         running loss sums (global over ranks) so its train_loss comes out the same after a resume."""
         if self.info.is_main:
             state = self._state(epoch, step, partial or dict(loss_sum=0.0, count=0))
-            ckpt_io.atomic_save(state, self.out_dir / "last.pt")
+            checkpoints.atomic_save(state, self.out_dir / "last.pt")
 
     def save_best(self, epoch: int, metrics: dict) -> None:
         if self.info.is_main:
-            ckpt_io.atomic_save(
+            checkpoints.atomic_save(
                 dict(model=self.raw.state_dict(), config=self.raw.config,
                      ema=self.ema.state_dict() if self.ema is not None else None, epoch=epoch,
                      classes=self.classes, metrics=metrics, args=self.resolved_args()),

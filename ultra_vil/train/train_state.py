@@ -1,4 +1,4 @@
-"""Training checkpoints: everything a resumed run needs, in tensors and plain types only.
+"""Training state: what a resumed run needs (in last.pt / best.pt), in tensors and plain types only.
 
 `last.pt` holds the full training state:
     model, config          as `ultra_vil.classifier.save_checkpoint` writes them (so `load_checkpoint` reads it)
@@ -20,11 +20,6 @@ import numpy as np
 import torch
 
 from ultra_vil import checkpoints
-
-
-def atomic_save(obj: dict, path: str | Path) -> None:
-    """torch.save to `path` via a temp file + fsync + rename (`ultra_vil.checkpoints.atomic_save`)."""
-    checkpoints.atomic_save(obj, path)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
