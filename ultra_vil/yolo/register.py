@@ -1,6 +1,6 @@
 """The one place where ultra-vil touches Ultralytics internals: make the ViL modules usable in model YAMLs.
 
-Ultralytics 8.4 has no plug-in mechanism for model layers (see research/ultralytics-integration.md), so
+Ultralytics 8.4 has no plug-in mechanism for model layers, so
 `register()` does the following, each checked, all idempotent:
 
 1. Name injection: `parse_model` resolves a YAML module name with `globals()[name]` inside
