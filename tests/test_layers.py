@@ -83,7 +83,7 @@ def test_drop_path_drops_whole_samples_and_rescales():
 def test_classes_keep_their_pickled_path_in_ultra_vil_vil():
     """Checkpoints pickle whole modules by class path: the moved classes keep `ultra_vil.vil.<name>`, which
     resolves to the same class, so old and new checkpoints are one format."""
-    assert sorted(layers.__all__) == sorted(cls.__name__ for cls in CLASSES)
+    assert sorted(n for n in layers.__all__ if isinstance(getattr(layers, n), type)) == sorted(c.__name__ for c in CLASSES)
     for cls in CLASSES:
         assert cls.__module__ == "ultra_vil.vil" and getattr(vil, cls.__name__) is cls
         assert pickle.loads(pickle.dumps(cls)) is cls
@@ -158,3 +158,59 @@ def test_layers_import_nothing_of_ultra_vil_but_errors():
     loaded = ast.literal_eval(p.stdout.strip().splitlines()[-1])
     assert "ultra_vil.layers.norms" in loaded
     assert [m for m in loaded if m != "ultra_vil.errors" and not m.startswith("ultra_vil.layers")] == []
+
+
+# ------------------------------------------------------------------------------------------ one no-decay rule
+def test_one_no_decay_rule_for_the_classifier_recipe_and_the_yolo_patch():
+    """The classifier recipe and the Ultralytics optimizer patch exempt exactly the parameters that
+    `exempt_from_decay` names: 1-D ones and pos_embed / cls_token / A_log by name."""
+    from ultra_vil.classifier import create_model
+    from ultra_vil.layers import exempt_from_decay
+    from ultra_vil.train.recipe import param_groups
+
+    model = create_model("vim_t", num_classes=3, img_size=32, dim=32, num_blocks=2, pooling="middle_cls")
+    groups = param_groups(model, weight_decay=0.05)
+    exempt = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    expected = {id(p) for n, p in model.named_parameters() if exempt_from_decay(n, p)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert exempt == expected
+    assert {"pos_embed", "cls_token"} <= {names[i] for i in exempt}
+    assert any(names[i].endswith(".A_log") for i in exempt)  # 2-D, exempt by name
+    assert any(p.ndim == 2 and id(p) not in exempt for p in model.parameters())  # weights still decay
+
+    import ultra_vil.yolo  # noqa: F401  (registers the modules)
+    from ultralytics.nn.tasks import DetectionModel
+
+    from ultra_vil.yolo import register
+
+    yolo = DetectionModel("cfg/yolov8n-vim.yaml", verbose=False)
+    ours = [t for t in yolo.modules() if isinstance(t, register._OUR_MODULES)]
+    expected = {id(p) for t in ours for n, p in t.named_parameters() if exempt_from_decay(n, p)}
+    assert {id(p) for p in register.no_decay_parameters(yolo)} == expected and expected
+
+
+def test_group_matcher_drives_layer_decay_and_grad_checkpointing_switches():
+    """Layer decay reads the model's group_matcher (stem 0, block pairs 1.., top above); set_grad_checkpointing
+    toggles activation checkpointing (same gradients) and is recorded in the config."""
+    import torch
+
+    from ultra_vil.classifier import create_model
+    from ultra_vil.train.recipe import layer_id, param_groups
+
+    model = create_model("vil_t", num_classes=3, img_size=32, dim=32, num_blocks=4)
+    g = model.group_matcher()
+    assert [layer_id(n, 4, g) for n in ("pos_embed", "patch_embed.weight", "blocks.blocks.0.x", "blocks.blocks.3.x",
+                                        "norm.weight", "head.weight")] == [0, 0, 1, 2, 3, 3]  # fmt: skip
+    scales = {gr["name"]: gr["lr_scale"] for gr in param_groups(model, 0.05, layer_decay=0.5)}
+    assert scales["layer0_decay"] == 0.5**3 and scales["layer3_decay"] == 1.0
+
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        assert model.blocks.checkpoint is enable and model.config["checkpoint"] is enable
+        model.zero_grad()
+        model.train()
+        model(x).sum().backward()
+        grads.append(model.patch_embed.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ultra_vil import checkpoints
 from ultra_vil.checkpoints import interpolate_pos_embed
-from ultra_vil.layers import LayerNorm
+from ultra_vil.layers import LayerNorm, no_decay_names
 from ultra_vil.vil import TRAVERSALS, ViLStack
 
 # dim, blocks and the drop-path rate of the paper's training recipes (src/vislstm/yamls of NX-AI/vision-lstm)
@@ -136,8 +136,20 @@ class VisionLSTM(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names the recipe exempts from weight decay besides norms and biases."""
-        return {"pos_embed", "cls_token"} | {n for n, _ in self.named_parameters() if n.endswith(".A_log")}  # Mamba's
+        """Parameter names exempt from weight decay by name (timm's hook): position embedding, CLS token, Vim's
+        A_log (`ultra_vil.layers.weight_decay`); 1-D parameters (norms, biases) are exempt by shape."""
+        return no_decay_names(self)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """timm's hook for layer-wise lr decay: regexes over parameter names. `stem` (patch and position embeddings,
+        CLS token) is depth 0; `blocks` captures the block index; everything else (final norm, head) is the top.
+        `coarse` is accepted for timm's signature; blocks are grouped in pairs by the recipe either way."""
+        return {"stem": r"^(patch_embed|pos_embed|cls_token)", "blocks": r"^blocks\.blocks\.(\d+)\."}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every block in training (timm's name for the `checkpoint` argument)."""
+        self.blocks.checkpoint = bool(enable)
+        self._config["checkpoint"] = bool(enable)
 
     def check_input_size(self, size: tuple[int, int]) -> None:
         """Raise ValueError unless an (H, W) input tiles exactly into patches: the patch conv would silently drop

@@ -7,39 +7,53 @@ betas (0.9, 0.999), weight decay 0.05, 5 warmup epochs, cosine to 1e-6, gradient
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
 
+from ultra_vil.layers import exempt_from_decay
 
-def layer_id(name: str, num_blocks: int) -> int:
-    """Depth of a VisionLSTM parameter for layer-wise lr decay: 0 for the patch and position embeddings (and a
-    CLS token), 1 + b // 2 for block b, the top (final norm, head) above the last block.
+
+# VisionLSTM's `group_matcher()`: the rule for a model without one
+DEFAULT_GROUPS = {"stem": r"^(patch_embed|pos_embed|cls_token)", "blocks": r"^blocks\.blocks\.(\d+)\."}
+
+
+def layer_id(name: str, num_blocks: int, groups: dict[str, str] | None = None) -> int:
+    """Depth of a parameter for layer-wise lr decay: 0 for the stem (patch and position embeddings, CLS token),
+    1 + b // 2 for block b, the top (final norm, head) above the last block. `groups` is the model's
+    `group_matcher()` (timm's hook: a `stem` regex and a `blocks` regex capturing the block index).
 
     Blocks are grouped in pairs, one per traversal direction, as the ViL segmentation recipe groups two blocks
     per decay step; a pair then plays the part of one ViT layer (ViL-T's 24 blocks -> 12 steps, like ViT-T).
     """
-    if name.startswith(("patch_embed.", "pos_embed", "cls_token")):
+    groups = groups or DEFAULT_GROUPS
+    if re.match(groups["stem"], name):
         return 0
-    if name.startswith("blocks.blocks."):
-        return 1 + int(name.split(".")[2]) // 2
+    block = re.match(groups["blocks"], name)
+    if block:
+        return 1 + int(block.group(1)) // 2
     return 1 + (num_blocks + 1) // 2
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
-    """AdamW groups: no weight decay on 1-D parameters (norm weights, biases, gate biases, learnable skips) and on
-    `model.no_weight_decay()` (position embedding, CLS token); with layer_decay < 1 the lr of a parameter at depth
-    d (see `layer_id`) is scaled by layer_decay ** (top - d). Each group carries its `lr_scale`.
+    """AdamW groups: no weight decay where `ultra_vil.layers.exempt_from_decay` says so (1-D parameters, position
+    embedding, CLS token, Vim's A_log) and on the names of `model.no_weight_decay()`, when the model has it; with
+    layer_decay < 1 the lr of a parameter at depth d (see `layer_id`, with the model's `group_matcher()`) is scaled
+    by layer_decay ** (top - d). Each group carries its `lr_scale`.
     """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    num_blocks = len(model.blocks.blocks) if hasattr(model, "blocks") else 0
+    groups_re = model.group_matcher() if hasattr(model, "group_matcher") else DEFAULT_GROUPS
+    named = list(model.named_parameters())
+    indices = [int(m.group(1)) for name, _ in named if (m := re.match(groups_re["blocks"], name))]
+    num_blocks = 1 + max(indices) if indices else 0
     top = 1 + (num_blocks + 1) // 2
     groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
+    for name, p in named:
         if not p.requires_grad:
             continue
-        no_decay = p.ndim <= 1 or name in skip
-        depth = layer_id(name, num_blocks) if layer_decay != 1.0 else top
+        no_decay = exempt_from_decay(name, p) or name in skip
+        depth = layer_id(name, num_blocks, groups_re) if layer_decay != 1.0 else top
         key = (depth, no_decay)
         if key not in groups:
             groups[key] = dict(

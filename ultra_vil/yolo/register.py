@@ -338,17 +338,14 @@ def _quote_plain_args(d: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- weight decay
-NO_DECAY_NORMS = (layers.LayerNorm, layers.MultiHeadNorm)  # ViL's norms; torch.nn norms Ultralytics exempts itself
-# parameter names, in any module of ours; A_log and D are Vim's (Mamba exempts its state decay and skip gain)
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "learnable_skip", "A_log", "D")
 _OUR_MODULES = tuple(MODULES.values()) + tuple(PLAIN_MODULES.values())
 _PATCHED_OPT = "_ultra_vil_groups"
 
 
 def no_decay_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters inside our YOLO modules that get no weight decay: ViL norm gains, biases, position
-    embedding, CLS token, learnable_skip, Vim's A_log and D (Ultralytics' stock rules catch the biases and
-    torch.nn norms)."""
+    """The parameters inside our YOLO modules that get no weight decay, by the classifier recipe's rule
+    (`ultra_vil.layers.exempt_from_decay`: ViL norm gains, biases, learnable_skip, position embedding, CLS token,
+    Vim's A_log and D). Ultralytics' stock rules already catch the biases and torch.nn norms."""
     out, seen = [], set()
     for top in model.modules():
         if not isinstance(top, _OUR_MODULES):
@@ -357,7 +354,7 @@ def no_decay_parameters(model: nn.Module) -> list[nn.Parameter]:
             for name, p in module.named_parameters(recurse=False):
                 if id(p) in seen:
                     continue
-                if isinstance(module, NO_DECAY_NORMS) or name in NO_DECAY_NAMES or "bias" in name:
+                if layers.exempt_from_decay(name, p):
                     seen.add(id(p))
                     out.append(p)
     return out
