@@ -291,3 +291,24 @@ def test_stage_is_block_pairs_on_row_major_tokens():
         for pair in stage.pairs:
             seq = pair(seq, (3, 5))
         torch.testing.assert_close(stage(x), seq.reshape(2, 3, 5, 16).permute(0, 3, 1, 2))
+
+
+def test_every_module_class_keeps_its_public_path():
+    """Checkpoints pickle each module by class path: every public class is `ultra_vil.yolo.modules.<name>` (whichever
+    file defines it) and resolves there; a user's subclass elsewhere keeps its own module (so it pickles too)."""
+    import pickle
+
+    from ultra_vil.yolo import modules
+
+    classes = [getattr(modules, n) for n in modules.__all__ if isinstance(getattr(modules, n), type)]
+    layers = [c for c in classes if issubclass(c, torch.nn.Module)]
+    assert len(layers) == 10
+    for cls in layers:
+        assert cls.__module__ == "ultra_vil.yolo.modules" and getattr(modules, cls.__name__) is cls
+    stage = pickle.loads(pickle.dumps(modules.ViLStage(16, 16)))
+    assert type(stage) is modules.ViLStage
+
+    class MyStage(modules.ViLStage):
+        pass
+
+    assert MyStage.__module__ == __name__

@@ -9,11 +9,12 @@ from torch import Tensor, nn
 from ultralytics.nn.modules import Conv, ConvTranspose
 
 from ultra_vil.yolo.args import ViLArgumentError, check_int, check_ratio
+from ultra_vil.yolo.base import YOLOModule
 
 WEIGHTS_ENV = "ULTRA_VIL_BACKBONE_WEIGHTS"  # overrides every ViLBackbone's `weights` (a path, or "none")
 
 
-class ViLBackbone(nn.Module):
+class ViLBackbone(YOLOModule):
     """An ImageNet-style ViL classifier trunk as a detector backbone: (B, 3, H, W) -> [P3/8, P4/16, P5/32].
 
     The trunk is `ultra_vil.classifier.VisionLSTM` itself (patch embed 16, position embedding resized to the
@@ -45,8 +46,6 @@ class ViLBackbone(nn.Module):
         drop_path: Stochastic-depth rate of every trunk block, in [0, 1).
         checkpoint: Activation checkpointing of the trunk blocks in training (less memory, one more forward).
     """
-
-    __module__ = "ultra_vil.yolo.modules"  # the path checkpoints pickle (see ultra_vil/yolo/modules.py)
 
     def __init__(
         self,

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from ultra_vil.layers import LayerNorm
 from ultra_vil.sequencer import SequencerBlock
 from ultra_vil.vim import VimBlock
-from ultra_vil.yolo.args import check_channels, check_hidden, check_int, check_ratio, check_width_ratio
-from ultra_vil.yolo.vil_modules import _MixerC2f
+from ultra_vil.yolo.args import check_int, check_ratio, check_width_ratio
+from ultra_vil.yolo.base import _MixerC2f, _TokenStage
 
 # The seeds' other sequence mixers in the same slots: Sequencer's BiLSTM2D and Vim's bidirectional SSM.
 # Same conventions as ViLStage / ViLC2f (c1 inferred, c2 width-scaled, n depth-scaled; registered in the same parser
@@ -29,20 +29,6 @@ from ultra_vil.yolo.vil_modules import _MixerC2f
 # parameter budget, and the YAMLs differ only in the module name.
 
 
-class _TokenStage(nn.Module):
-    """Shared body of SequencerStage / VimStage: (B, C, H, W) -> row-major tokens over the runtime grid -> blocks
-    -> (B, C, H, W). Subclasses fill `self.blocks` with modules called as block(tokens, (H, W))."""
-
-    blocks: nn.ModuleList
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, C, H, W = x.shape
-        seq = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C), row-major
-        for block in self.blocks:
-            seq = block(seq, (H, W))  # (B, H*W, C)
-        return seq.transpose(1, 2).reshape(B, C, H, W)  # (B, H*W, C) -> (B, C, H, W)
-
-
 class SequencerStage(_TokenStage):
     """Channel-preserving Sequencer2D stage: (B, C, H, W) -> (B, C, H, W), `n` Sequencer2D blocks.
 
@@ -58,14 +44,11 @@ class SequencerStage(_TokenStage):
         drop_path: Stochastic-depth rate of every residual branch, in [0, 1).
     """
 
-    __module__ = "ultra_vil.yolo.modules"  # the path checkpoints pickle (see ultra_vil/yolo/modules.py)
-
     def __init__(
         self, c1: int, c2: int, n: int = 1, hidden_ratio: float = 0.25, mlp_ratio: float = 3.0, drop_path: float = 0.0
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_channels(name, c1, c2, n, same=True)
+        name = self._check_channels(c1, c2, n, same=True)
         hidden = check_width_ratio(name, "hidden_ratio", hidden_ratio, c1, 4.0, "channels")
         check_width_ratio(name, "mlp_ratio", mlp_ratio, c1, 16.0, "channels")
         check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
@@ -93,14 +76,11 @@ class VimStage(_TokenStage):
         drop_path: Stochastic-depth rate of every block, in [0, 1).
     """
 
-    __module__ = "ultra_vil.yolo.modules"  # the path checkpoints pickle (see ultra_vil/yolo/modules.py)
-
     def __init__(
         self, c1: int, c2: int, n: int = 1, expansion: int = 2, state_size: int = 16, drop_path: float = 0.0
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_channels(name, c1, c2, n, same=True)
+        name = self._check_channels(c1, c2, n, same=True)
         check_int(name, "expansion", expansion, 1)
         check_int(name, "state_size", state_size, 1)
         check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
@@ -142,71 +122,34 @@ class VimStage(_TokenStage):
 class SequencerC2f(_MixerC2f):
     """C2f whose bottlenecks are Sequencer2D blocks: (B, c1, H, W) -> (B, c2, H, W). Drop-in for ViLC2f.
 
-    Args:
-        c1: Input channels (inferred by Ultralytics).
-        c2: Output channels (width-scaled by Ultralytics).
-        n: Number of inner Sequencer2D blocks (depth-scaled by Ultralytics), each a one-block `SequencerStage`.
-        e: Hidden-channel ratio, in (0, 1]; 0.5 as in C2f.
-        hidden_ratio: LSTM hidden size per direction as a multiple of the hidden channels (Sequencer2D: 0.25).
-        mlp_ratio: Channel-MLP width as a multiple of the hidden channels (Sequencer2D: 3).
-        drop_path: Stochastic-depth rate, in [0, 1).
+    c1, c2, n, e and drop_path as in ViLC2f; each of the n inner blocks is a one-block `SequencerStage`.
+    hidden_ratio: LSTM hidden size per direction, and mlp_ratio: channel-MLP width, as multiples of the hidden
+    channels (Sequencer2D: 0.25 and 3).
     """
 
-    __module__ = "ultra_vil.yolo.modules"  # the path checkpoints pickle (see ultra_vil/yolo/modules.py)
-
-    def __init__(
-        self,
-        c1: int,
-        c2: int,
-        n: int = 1,
-        e: float = 0.5,
-        hidden_ratio: float = 0.25,
-        mlp_ratio: float = 3.0,
-        drop_path: float = 0.0,
-    ) -> None:
+    def __init__(self, c1: int, c2: int, n: int = 1, e: float = 0.5, hidden_ratio: float = 0.25,
+                 mlp_ratio: float = 3.0, drop_path: float = 0.0) -> None:  # fmt: skip
         super().__init__()
-        name = type(self).__name__
-        check_channels(name, c1, c2, n)
-        self.c = check_hidden(name, e, c2)
+        name, self.c = self._check_hidden(c1, c2, n, e, drop_path)
         what = f"hidden channels int(c2 x e) = {self.c}"
         check_width_ratio(name, "hidden_ratio", hidden_ratio, self.c, 4.0, what)
         check_width_ratio(name, "mlp_ratio", mlp_ratio, self.c, 16.0, what)
-        check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
-        self._build(
-            c1, c2, n, [SequencerStage(self.c, self.c, 1, hidden_ratio, mlp_ratio, drop_path) for _ in range(n)]
-        )
+        stages = [SequencerStage(self.c, self.c, 1, hidden_ratio, mlp_ratio, drop_path) for _ in range(n)]
+        self._build(c1, c2, n, stages)
 
 
 class VimC2f(_MixerC2f):
     """C2f whose bottlenecks are pairs of Vim blocks: (B, c1, H, W) -> (B, c2, H, W). Drop-in for ViLC2f.
 
-    Args:
-        c1: Input channels (inferred by Ultralytics).
-        c2: Output channels (width-scaled by Ultralytics).
-        n: Number of inner Vim block pairs (depth-scaled by Ultralytics), each a one-pair `VimStage`.
-        e: Hidden-channel ratio, in (0, 1]; 0.5 as in C2f.
-        expansion: Inner width of each Vim mixer as a multiple of the hidden channels (2 in Vim).
-        state_size: SSM state size per inner channel (16 in Vim).
-        drop_path: Stochastic-depth rate, in [0, 1).
+    c1, c2, n, e and drop_path as in ViLC2f; each of the n inner blocks is a one-pair `VimStage`. expansion: inner
+    width of each Vim mixer as a multiple of the hidden channels (2 in Vim); state_size: SSM state size per inner
+    channel (16 in Vim).
     """
 
-    __module__ = "ultra_vil.yolo.modules"  # the path checkpoints pickle (see ultra_vil/yolo/modules.py)
-
-    def __init__(
-        self,
-        c1: int,
-        c2: int,
-        n: int = 1,
-        e: float = 0.5,
-        expansion: int = 2,
-        state_size: int = 16,
-        drop_path: float = 0.0,
-    ) -> None:
+    def __init__(self, c1: int, c2: int, n: int = 1, e: float = 0.5, expansion: int = 2, state_size: int = 16,
+                 drop_path: float = 0.0) -> None:  # fmt: skip
         super().__init__()
-        name = type(self).__name__
-        check_channels(name, c1, c2, n)
-        self.c = check_hidden(name, e, c2)
+        name, self.c = self._check_hidden(c1, c2, n, e, drop_path)
         check_int(name, "expansion", expansion, 1)
         check_int(name, "state_size", state_size, 1)
-        check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
         self._build(c1, c2, n, [VimStage(self.c, self.c, 1, expansion, state_size, drop_path) for _ in range(n)])

@@ -1,7 +1,7 @@
 """The ViL modules of YOLOv8, YOLO11 and YOLO26 YAMLs: feature maps (B, C, H, W) in, feature maps out.
 
 Every token mixer is a `ultra_vil.vil.ViLBlockPair` over the map flattened row-major, with the grid taken from
-the input at run time. `_MixerC2f` is the C2f body that the Sequencer and Vim C2f variants share.
+the input at run time. The shared bodies are in `base.py`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from ultra_vil.yolo.args import (
     NUM_HEADS,
     QKV_BLOCK_SIZE,
     check_bool,
-    check_channels,
     check_hidden,
     check_int,
     check_ratio,
     check_vil_width,
 )
+from ultra_vil.yolo.base import YOLOModule, _MixerC2f
 
 
-class ViLStage(nn.Module):
+class ViLStage(YOLOModule):
     """Channel-preserving ViL stage, like Ultralytics' AIFI: (B, C, H, W) -> (B, C, H, W).
 
     Flattens the map row-major into H*W tokens, runs `n` ViL block pairs (each block residual and pre-norm, so
@@ -39,12 +39,9 @@ class ViLStage(nn.Module):
         drop_path: Stochastic-depth rate of every block, in [0, 1).
     """
 
-    __module__ = "ultra_vil.yolo.modules"  # the path checkpoints pickle (see ultra_vil/yolo/modules.py)
-
     def __init__(self, c1: int, c2: int, n: int = 1, expansion: int = 2, drop_path: float = 0.0) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_channels(name, c1, c2, n, same=True)
+        name = self._check_channels(c1, c2, n, same=True)
         check_int(name, "expansion", expansion, 1)
         check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
         check_vil_width(name, "c1", c1, c1, expansion, "channels")
@@ -64,24 +61,6 @@ class ViLStage(nn.Module):
         return seq.transpose(1, 2).reshape(B, C, H, W)  # (B, H*W, C) -> (B, C, H, W)
 
 
-class _MixerC2f(nn.Module):
-    """Shared body of ViLC2f, ViLC3k2, SequencerC2f and VimC2f: Ultralytics' C2f with stages as its bottlenecks.
-
-    A 1x1 Conv to 2c hidden channels (c = int(c2 * e)), split in two halves; each of the n inner stages transforms
-    the latest output; all 2 + n maps are concatenated and fused by a 1x1 Conv to c2."""
-
-    def _build(self, c1: int, c2: int, n: int, stages: list[nn.Module]) -> None:
-        self.c1, self.c2, self.n = c1, c2, n
-        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
-        self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(stages)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = list(self.cv1(x).chunk(2, 1))  # 2 x (B, c, H, W)
-        y.extend(m(y[-1]) for m in self.m)  # + n x (B, c, H, W)
-        return self.cv2(torch.cat(y, 1))  # (B, (2 + n) * c, H, W) -> (B, c2, H, W)
-
-
 class ViLC2f(_MixerC2f):
     """C2f whose bottlenecks are ViL block pairs: (B, c1, H, W) -> (B, c2, H, W).
 
@@ -99,17 +78,12 @@ class ViLC2f(_MixerC2f):
         drop_path: Stochastic-depth rate of every ViL block, in [0, 1).
     """
 
-    __module__ = "ultra_vil.yolo.modules"  # the path checkpoints pickle (see ultra_vil/yolo/modules.py)
-
     def __init__(
         self, c1: int, c2: int, n: int = 1, e: float = 0.5, expansion: int = 2, drop_path: float = 0.0
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_channels(name, c1, c2, n)
-        self.c = check_hidden(name, e, c2)  # hidden channels
+        name, self.c = self._check_hidden(c1, c2, n, e, drop_path)  # hidden channels
         check_int(name, "expansion", expansion, 1)
-        check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
         check_vil_width(name, "e", e, self.c, expansion, f"hidden channels int(c2 x e) = int({c2} x {e})")
         self._build(c1, c2, n, [ViLStage(self.c, self.c, 1, expansion, drop_path) for _ in range(n)])
 
@@ -130,7 +104,7 @@ class ViLC2f(_MixerC2f):
 # (attn) -> Bottleneck + a ViL block pair (ViL takes the attention's place, the local 3x3 stays). C2PSA keeps its
 # split / mix one half / fuse shape with its n PSABlocks replaced by n ViL block pairs.
 
-class ViLC3k(nn.Module):
+class ViLC3k(YOLOModule):
     """C3 whose bottlenecks are ViL block pairs, as Ultralytics' C3k inside C3k2: (B, c1, H, W) -> (B, c2, H, W).
 
     Two 1x1 Convs to c_ = int(c2 * e) channels each; one branch runs `n` ViL block pairs (a `ViLStage`), the other
@@ -145,17 +119,12 @@ class ViLC3k(nn.Module):
         drop_path: Stochastic-depth rate of every ViL block, in [0, 1).
     """
 
-    __module__ = "ultra_vil.yolo.modules"  # the path checkpoints pickle (see ultra_vil/yolo/modules.py)
-
     def __init__(
         self, c1: int, c2: int, n: int = 2, e: float = 0.5, expansion: int = 2, drop_path: float = 0.0
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_channels(name, c1, c2, n)
-        c_ = check_hidden(name, e, c2)
+        name, c_ = self._check_hidden(c1, c2, n, e, drop_path)
         check_int(name, "expansion", expansion, 1)
-        check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
         check_vil_width(name, "e", e, c_, expansion, f"hidden channels int(c2 x e) = int({c2} x {e})")
         self.c1, self.c2, self.n = c1, c2, n
         self.cv1 = Conv(c1, c_, 1, 1)
@@ -189,8 +158,6 @@ class ViLC3k2(_MixerC2f):
         drop_path: Stochastic-depth rate of every ViL block, in [0, 1).
     """
 
-    __module__ = "ultra_vil.yolo.modules"  # the path checkpoints pickle (see ultra_vil/yolo/modules.py)
-
     def __init__(
         self,
         c1: int,
@@ -203,8 +170,7 @@ class ViLC3k2(_MixerC2f):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_channels(name, c1, c2, n)
+        name = self._check_channels(c1, c2, n)
         check_bool(name, "c3k", c3k)
         self.c = check_hidden(name, e, c2)
         check_bool(name, "attn", attn)
@@ -226,33 +192,22 @@ class ViLC3k2(_MixerC2f):
         self._build(c1, c2, n, [block() for _ in range(n)])
 
 
-class ViLC2PSA(nn.Module):
+class ViLC2PSA(YOLOModule):
     """C2PSA with ViL block pairs in place of its PSABlocks: (B, C, H, W) -> (B, C, H, W). Drop-in for C2PSA.
 
     As Ultralytics' C2PSA: a 1x1 Conv to 2c channels (c = int(c1 * e)), split in two halves; one half goes through
     `n` ViL block pairs (image-wide context at P5, where C2PSA puts attention), the other is kept; both are fused
     by a 1x1 Conv back to c1. Channel-preserving (C2PSA asserts c1 == c2).
 
-    Args:
-        c1: Input channels (inferred by Ultralytics).
-        c2: Output channels after width scaling; must equal c1.
-        n: Number of ViL block pairs (depth-scaled by Ultralytics).
-        e: Hidden-channel ratio, in (0, 1]; 0.5 as in C2PSA.
-        expansion: Inner width of each ViL layer as a multiple of the hidden channels (2 in ViL).
-        drop_path: Stochastic-depth rate of every ViL block, in [0, 1).
+    c1, c2 (must equal c1), n, e (0.5 as in C2PSA), expansion and drop_path as in ViLC2f.
     """
-
-    __module__ = "ultra_vil.yolo.modules"  # the path checkpoints pickle (see ultra_vil/yolo/modules.py)
 
     def __init__(
         self, c1: int, c2: int, n: int = 1, e: float = 0.5, expansion: int = 2, drop_path: float = 0.0
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_channels(name, c1, c2, n, same=True)
-        self.c = check_hidden(name, e, c1)
+        name, self.c = self._check_hidden(c1, c2, n, e, drop_path, same=True)
         check_int(name, "expansion", expansion, 1)
-        check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
         check_vil_width(name, "e", e, self.c, expansion, f"hidden channels int(c1 x e) = int({c1} x {e})")
         self.c1, self.c2, self.n = c1, c2, n
         self.cv1 = Conv(c1, 2 * self.c, 1, 1)
