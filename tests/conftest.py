@@ -12,14 +12,10 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # never let Ultralytics try the netw
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
 
-def pytest_addoption(parser):
-    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (long training runs)")
-
-
 def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu are skipped without CUDA. Every other test runs (markers slow and cli only select:
+    `pytest -m "not slow"` is the fast loop)."""
     for item in items:
-        if "slow" in item.keywords and not config.getoption("--runslow"):
-            item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device"))
 

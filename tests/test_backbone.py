@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_script
-from test_checkpoints import vil2_state
-from test_yolo_cli import ROOT, run, write_tiny_set, yolo
+from helpers.cli import ROOT, run, write_tiny_set, yolo
+from helpers.vil2 import vil2_state
 
 from ultra_vil import vil
 from ultra_vil.checkpoints import CheckpointError
@@ -245,6 +245,8 @@ def test_optimizer_groups_and_frozen_trunk(classifier, tmp_path):
         check_groups(opt, stages)
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_yolo_cli_train_val_predict_export(classifier, tmp_path):
     """`yolo train` on the packaged YAML without weights and with the classifier's (ULTRA_VIL_BACKBONE_WEIGHTS), then
     `yolo val`, `yolo predict` and `yolo export format=onnx` on the second best.pt, each in a fresh interpreter;

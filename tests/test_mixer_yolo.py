@@ -19,6 +19,8 @@ import ultra_vil.yolo as uy
 from ultra_vil.yolo import register as reg
 from ultra_vil.yolo.modules import SequencerC2f, SequencerStage, ViLStage, VimC2f, VimStage
 
+from helpers.yolo import check_forward_square_and_rectangular, parse_on_meta, scale_n_model, scaled  # noqa: E402  (after the registration)
+
 tasks = pytest.importorskip("ultralytics.nn.tasks")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,31 +29,9 @@ C2F_OF = {"sequencer": SequencerC2f, "vim": VimC2f}
 MIXER_TYPES = (SequencerC2f, SequencerStage, VimC2f, VimStage)
 
 
-def scaled(cfg: Path, scale: str) -> Path:
-    return cfg.with_name(cfg.name.replace("yolov8", f"yolov8{scale}", 1))
-
-
-def parse_on_meta(cfg: Path | str, nc: int = 2) -> torch.nn.Sequential:
-    """Ultralytics' parser on a scaled YAML with every tensor on the meta device: the constructors run with the
-    arguments Ultralytics computes, at no memory cost."""
-    d = tasks.yaml_model_load(cfg)
-    d["nc"] = nc
-    with torch.device("meta"):
-        layers, _ = tasks.parse_model(copy.deepcopy(d), ch=3, verbose=False)
-    return layers
-
-
-_MODELS: dict[str, torch.nn.Module] = {}
-
-
 def model_n(mixer: str) -> torch.nn.Module:
-    """The scale-n DetectionModel (built once per session, with Ultralytics' 256 x 256 stride probe)."""
-    if mixer not in _MODELS:
-        torch.manual_seed(0)
-        model = tasks.DetectionModel(str(scaled(MIXER_CFGS[mixer], "n")), nc=2, verbose=False)
-        assert model.yaml["scale"] == "n" and model.stride.tolist() == [8.0, 16.0, 32.0]
-        _MODELS[mixer] = model
-    return _MODELS[mixer]
+    """The scale-n DetectionModel of a mixer (built once per session)."""
+    return scale_n_model(scaled(MIXER_CFGS[mixer], "n"))
 
 
 def test_registered_like_the_vil_modules():
@@ -109,16 +89,7 @@ def test_every_scale_builds_with_the_stock_channel_plan(mixer):
 def test_forward_square_and_rectangular(mixer):
     """Scale n runs at 64 x 64 and 64 x 96, in eval (decoded boxes) and train mode (raw head outputs)."""
     model = model_n(mixer)
-    for h, w in ((64, 64), (64, 96)):
-        anchors = sum((h // s) * (w // s) for s in (8, 16, 32))
-        model.eval()
-        with torch.no_grad():
-            y = model(torch.rand(2, 3, h, w))
-        y = y[0] if isinstance(y, (list, tuple)) else y
-        assert y.shape == (2, 4 + 2, anchors) and torch.isfinite(y).all()
-        model.train()
-        out = model(torch.rand(2, 3, h, w))
-        assert out["scores"].shape[-1] == anchors
+    check_forward_square_and_rectangular(model)
 
 
 @pytest.mark.parametrize("mixer", list(MIXER_CFGS))
@@ -232,6 +203,7 @@ def test_yaml_errors_name_file_layer_module_and_argument(tmp_path, mixer, row, e
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 @pytest.mark.parametrize("mixer", list(MIXER_CFGS))
 def test_stock_cli_train_val_predict_export(tmp_path, mixer):
     """`yolo train/val/predict/export format=onnx` in fresh interpreters (the start-up hook only), 1 epoch at 64 px;

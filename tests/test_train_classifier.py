@@ -182,6 +182,7 @@ def test_finetune_at_another_resolution_with_overlapping_patches(trained, shapes
     assert scales == pytest.approx([0.75**2, 0.75, 1.0])  # embeddings, block pair, top
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_weights(shapes, tmp_path):
     """SIGKILL a run after epoch 1, resume it: its final weights (and EMA) are bit-identical to a run that was
     never interrupted. The recipe is the paper's (3-Augment, mixup/cutmix, drop path, EMA), with loader workers
@@ -233,6 +234,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(shapes, tmp_path):
     """torchrun --nproc_per_node=2 (gloo, CPU), 1 epoch: final weights equal the 1-process run with the same
     global batch. 44 training images and batch 8 leave a tail of 4 that both runs drop (no sampler padding);

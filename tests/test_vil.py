@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import load_script
 
-from test_mlstm import reference as mlstm_reference
+from helpers.mlstm_reference import reference as mlstm_reference
 from ultra_vil.vil import TRAVERSALS, ViLBlock, ViLBlockPair, ViLLayer, ViLStack, block_directions
 
 @pytest.fixture(autouse=True)

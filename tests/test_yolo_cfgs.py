@@ -20,6 +20,8 @@ import ultra_vil.yolo as uy
 from ultra_vil.yolo import register as reg
 from ultra_vil.yolo.modules import ViLC2f, ViLStage
 
+from helpers.yolo import check_forward_square_and_rectangular, parse_on_meta, scale_n_model, scaled  # noqa: E402  (after the registration)
+
 tasks = pytest.importorskip("ultralytics.nn.tasks")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,11 +32,6 @@ VIL_TYPES = (ViLC2f, ViLStage)
 
 def scales_of(cfg: Path) -> list[str]:
     return list(yaml.safe_load(cfg.read_text())["scales"])
-
-
-def scaled(cfg: Path, scale: str) -> Path:
-    """cfg/yolov8-vil-p5.yaml, 'n' -> cfg/yolov8n-vil-p5.yaml (the file name Ultralytics reads the scale from)."""
-    return cfg.with_name(cfg.name.replace("yolov8", f"yolov8{scale}", 1))
 
 
 def build(cfg: Path | str, nc: int = 2) -> torch.nn.Module:
@@ -107,16 +104,6 @@ def test_recompile_fails_loudly_if_parser_changed():
         reg._recompile_parse_model(fake)
 
 
-def parse_on_meta(cfg: Path | str, nc: int = 2) -> torch.nn.Sequential:
-    """Run Ultralytics' model parser on a scaled YAML with every tensor on the meta device (no memory, no init
-    cost): every constructor runs with the arguments Ultralytics computes, which is what scaling is about."""
-    d = tasks.yaml_model_load(cfg)
-    d["nc"] = nc
-    with torch.device("meta"):
-        layers, _ = tasks.parse_model(copy.deepcopy(d), ch=3, verbose=False)
-    return layers
-
-
 @pytest.mark.parametrize("cfg", CFGS, ids=lambda p: p.stem)
 def test_every_cfg_builds_at_every_scale_with_stock_channel_plan(cfg):
     """Each YAML builds at each scale it declares; every ViLC2f has the channels and depth of the stock YOLOv8 C2f
@@ -144,32 +131,16 @@ def test_every_cfg_builds_at_every_scale_with_stock_channel_plan(cfg):
                 assert got == (ref.cv1.conv.in_channels, ref.cv2.conv.out_channels, len(ref.m), ref.c), f"{scale} {m.i}"
 
 
-_MODELS: dict[Path, torch.nn.Module] = {}
-
-
 def model_n(cfg: Path) -> torch.nn.Module:
-    """The scale-n DetectionModel of a cfg (built once per test session, with Ultralytics' stride probe)."""
-    if cfg not in _MODELS:
-        model = build(scaled(cfg, "n"))
-        assert model.yaml["scale"] == "n" and model.stride.tolist() == [8.0, 16.0, 32.0]
-        _MODELS[cfg] = model
-    return _MODELS[cfg]
+    """The scale-n DetectionModel of a cfg (built once per session)."""
+    return scale_n_model(scaled(cfg, "n"))
 
 
 @pytest.mark.parametrize("cfg", CFGS, ids=lambda p: p.stem)
 def test_forward_square_and_rectangular(cfg):
     """Scale n runs at 64 x 64 and 64 x 96, in eval (decoded boxes) and train mode (raw head outputs)."""
     model = model_n(cfg)
-    for h, w in ((64, 64), (64, 96)):
-        anchors = sum((h // s) * (w // s) for s in (8, 16, 32))
-        model.eval()
-        with torch.no_grad():
-            y = model(torch.rand(2, 3, h, w))
-        y = y[0] if isinstance(y, (list, tuple)) else y
-        assert y.shape == (2, 4 + 2, anchors) and torch.isfinite(y).all()
-        model.train()
-        out = model(torch.rand(2, 3, h, w))
-        assert out["scores"].shape[-1] == anchors
+    check_forward_square_and_rectangular(model)
 
 
 @pytest.mark.parametrize("name", ["yolov8-vil.yaml", "yolov8-vil-all.yaml"])  # all: every ViLC2f + a ViLStage

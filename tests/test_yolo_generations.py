@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_yolo_cli import write_tiny_set, yolo, yolo_env
+from helpers.cli import write_tiny_set, yolo, yolo_env
 
 import ultra_vil.yolo  # noqa: F401  registers
 from ultra_vil.yolo import register as reg
 from ultra_vil.yolo.modules import ViLC2PSA, ViLC3k, ViLC3k2, ViLStage
+
+from helpers.yolo import check_forward_square_and_rectangular, parse_on_meta, scale_n_model  # noqa: E402  (after the registration)
 
 tasks = pytest.importorskip("ultralytics.nn.tasks")
 
@@ -34,15 +36,6 @@ STOCK_OF = {ViLC3k2: "C3k2", ViLC2PSA: "C2PSA"}
 
 def cfg_of(gen: str) -> Path:
     return ROOT / "cfg" / f"{gen}-vil.yaml"
-
-
-def parse_on_meta(d: dict, nc: int = 2) -> torch.nn.Sequential:
-    """Ultralytics' parser on a model dict with every tensor on the meta device (constructors run, no memory)."""
-    d = copy.deepcopy(d)
-    d["nc"] = nc
-    with torch.device("meta"):
-        layers, _ = tasks.parse_model(d, ch=3, verbose=False)
-    return layers
 
 
 def loaded(name: str | Path) -> dict:
@@ -113,16 +106,8 @@ def test_parser_without_c3k2_test_is_refused():
         reg._recompile_parse_model(fake)
 
 
-_MODELS: dict[str, torch.nn.Module] = {}
-
-
 def model_n(gen: str) -> torch.nn.Module:
-    if gen not in _MODELS:
-        torch.manual_seed(0)
-        model = tasks.DetectionModel(f"{gen}n-vil.yaml", nc=2, verbose=False)  # by name: the packaged lookup
-        assert model.yaml["scale"] == "n" and model.stride.tolist() == [8.0, 16.0, 32.0]
-        _MODELS[gen] = model
-    return _MODELS[gen]
+    return scale_n_model(f"{gen}n-vil.yaml")  # by name: the packaged lookup
 
 
 @pytest.mark.parametrize("gen", GENERATIONS)
@@ -130,24 +115,7 @@ def test_forward_square_and_rectangular(gen):
     model = model_n(gen)
     head = model.model[-1]
     assert (getattr(head, "one2one_cv2", None) is not None) == (gen == "yolo26")  # YOLO26's end-to-end head
-    for h, w in ((64, 64), (64, 96)):
-        anchors = sum((h // s) * (w // s) for s in (8, 16, 32))
-        model.eval()
-        with torch.no_grad():
-            y = model(torch.rand(2, 3, h, w))
-        y = y[0] if isinstance(y, (list, tuple)) else y
-        assert y.shape == (2, 4 + 2, anchors) and torch.isfinite(y).all()
-        if gen == "yolo26":
-            model.end2end = True  # what val/export select: the one-to-one branch, top-k decoded, no NMS
-            with torch.no_grad():
-                e2e = model(torch.rand(2, 3, h, w))
-            e2e = e2e[0] if isinstance(e2e, (list, tuple)) else e2e
-            assert e2e.shape[0] == 2 and e2e.shape[-1] == 6 and torch.isfinite(e2e).all()
-            model.end2end = False
-        model.train()
-        out = model(torch.rand(2, 3, h, w))
-        branches = [out["one2many"], out["one2one"]] if gen == "yolo26" else [out]
-        assert all(b["scores"].shape[-1] == anchors for b in branches)
+    check_forward_square_and_rectangular(model, end2end=gen == "yolo26")
 
 
 @pytest.mark.parametrize("gen", GENERATIONS)
@@ -194,6 +162,8 @@ def test_packaged_yaml_lookup_rules(tmp_path, monkeypatch):
     assert tasks.check_yaml("yolov8.yaml").endswith("yolov8.yaml")  # stock names still resolve to Ultralytics'
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 # --------------------------------------------------------------------------------- stock CLI, by name, elsewhere
 @pytest.mark.parametrize("gen", GENERATIONS)
 def test_cli_train_val_export_predict_by_name_from_another_folder(gen, tmp_path):

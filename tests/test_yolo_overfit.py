@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TILES = ("SOAP_061_y0000_x0000", "2019_YELL_2_541000_4977000_image_crop_y0000_x0000")  # 26 + 20 crowns
 MAP50_MIN = 0.6
