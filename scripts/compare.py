@@ -48,7 +48,7 @@ Writes into --out-dir:
                   out-dir train each run once; freed by the kernel when that process dies, and a run's process
                   dies with the compare.py that started it
 
-The work (jobs, workers, measurements, statistics, reports) is ultra_vil/yolo/compare.py; this file parses.
+The work (jobs, workers, measurements, statistics, reports) is the package ultra_vil/study/; this file parses.
 """
 
 from __future__ import annotations
@@ -58,8 +58,7 @@ import sys
 from pathlib import Path
 
 from ultra_vil.errors import UserError, describe
-from ultra_vil.yolo.compare import *  # the library half; tests and users reach it through this script
-from ultra_vil.yolo.compare import read_protocol, run, worker_main
+from ultra_vil.study import read_protocol, run, worker_main
 
 
 # --------------------------------------------------------------------------------------------------- arguments
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.protocol:  # the file's values become the defaults, so a flag on the command line still wins
             parser.set_defaults(**read_protocol(args.protocol, parser))
             args = parser.parse_args(argv)
-        if args.worker:  # the job process of older versions (jobs now start `python -m ultra_vil.yolo.compare`)
+        if args.worker:  # a job process, as `python -m ultra_vil.study.worker --worker JOB` runs it
             return worker_main(args.worker)
         return run(args, argv)
     except UserError as e:

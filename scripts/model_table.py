@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-direct", action="store_true", help="skip the direct 640 px FLOP count (faster)")
     parser.add_argument("--summaries", action="store_true", help="also print each YAML's per-scale summary lines")
     args = parser.parse_args(argv)
-    from ultra_vil.yolo.compare import scaled_model
+    from ultra_vil.study import scaled_model
 
     cfgs = [c.resolve() for c in args.cfg] if args.cfg else sorted((ROOT / "cfg").glob("yolov8-vil*.yaml"))
     for cfg in cfgs:

@@ -17,6 +17,8 @@ from conftest import load_script
 from helpers.cli import ROOT, run, write_tiny_set, yolo
 from helpers.vil2 import vil2_state
 
+from ultra_vil import study
+from ultra_vil.errors import UserError
 from ultra_vil import vil
 from ultra_vil.checkpoints import CheckpointError
 from ultra_vil.classifier import load_checkpoint
@@ -300,19 +302,18 @@ def test_compare_takes_the_fpn_yamls_and_their_weights(classifier, tmp_path, mon
     """scripts/compare.py: the -fpn YAMLs are models like any other (tag, baseline); the backbone weights they load
     (YAML or ULTRA_VIL_BACKBONE_WEIGHTS) are part of the run's identity, so other weights train again; a named
     file that is missing stops the comparison before any training."""
-    compare = load_script("compare")
     monkeypatch.delenv("ULTRA_VIL_BACKBONE_WEIGHTS", raising=False)
-    models = compare.pick_models([str(FPN_T)], "s")
+    models = study.pick_models([str(FPN_T)], "s")
     assert [m["tag"] for m in models] == ["yolov8s", "yolov8s-vilt-fpn"] and models[1]["weights"] == []
-    plain = compare.model_sha(FPN_T)
+    plain = study.model_sha(FPN_T)
     monkeypatch.setenv("ULTRA_VIL_BACKBONE_WEIGHTS", str(classifier))
-    assert compare.pick_models([str(FPN_T)], "s")[1]["weights"] == [str(classifier)]
-    with_weights = compare.model_sha(FPN_T)
+    assert study.pick_models([str(FPN_T)], "s")[1]["weights"] == [str(classifier)]
+    with_weights = study.model_sha(FPN_T)
     assert with_weights.startswith(plain + "+") and with_weights != plain
     other = tmp_path / "other.pt"
     other.write_bytes(classifier.read_bytes() + b"\0")
     monkeypatch.setenv("ULTRA_VIL_BACKBONE_WEIGHTS", str(other))
-    assert compare.model_sha(FPN_T) != with_weights
+    assert study.model_sha(FPN_T) != with_weights
     monkeypatch.setenv("ULTRA_VIL_BACKBONE_WEIGHTS", str(tmp_path / "absent.th"))
-    with pytest.raises(SystemExit, match="absent.th not found"):
-        compare.pick_models([str(FPN_T)], "s")
+    with pytest.raises(UserError, match="absent.th not found"):
+        study.pick_models([str(FPN_T)], "s")

@@ -19,10 +19,13 @@ import torch
 from conftest import load_script
 from PIL import Image, ImageDraw
 
+from ultra_vil import study
+from ultra_vil.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-compare = load_script("compare")
+compare = load_script("compare")  # scripts/compare.py: main()
 convert_dataset = load_script("convert_dataset")
 
 COMMON = ["--scale", "n", "--epochs", "1", "--seeds", "0", "1", "--img-size", "64", "--batch-size", "4",
@@ -92,13 +95,13 @@ def test_writes_csv_md_png_with_every_column_filled(first_run):
     out, rc, vil = first_run
     assert rc == 0, "\n".join(p.read_text()[-3000:] for p in (out / "logs").glob("*.log"))
     rows = read_csv(out / "compare.csv")
-    vil_tag = compare.scaled_model(vil, "n")[0]
+    vil_tag = study.scaled_model(vil, "n")[0]
     assert [(r["model"], r["seed"]) for r in rows] == [("yolov8n", "0"), ("yolov8n", "1"), (vil_tag, "0"),
                                                       (vil_tag, "1")]  # fmt: skip
     per_class = [f"ap50_{n}" for n in CLASSES] + [f"ap50_95_{n}" for n in CLASSES]
-    assert list(rows[0]) == compare.COLUMNS + per_class
+    assert list(rows[0]) == study.COLUMNS + per_class
     for row in rows:
-        for col in compare.COLUMNS[1:] + per_class:
+        for col in study.COLUMNS[1:] + per_class:
             value = float(row[col])  # a number, not empty, not n/a
             assert math.isfinite(value), (row["model"], col)
         for col in ("params", "gflops", "latency_ms_torch", "latency_ms_onnx", "train_s_per_epoch", "peak_mem_mb"):
@@ -158,8 +161,10 @@ def test_rerun_skips_finished_work(first_run, tiny, capsys):
     finally:
         lock.unlink(missing_ok=True)
     # Other settings in the same out-dir are refused rather than mixed into one table.
-    with pytest.raises(SystemExit, match="epochs: 1 there, 2 now"):
-        compare.main(["--data", str(data), "--models", str(vil), *COMMON, "--epochs", "2", "--out-dir", str(out)])
+    capsys.readouterr()
+    argv2 = ["--data", str(data), "--models", str(vil), *COMMON, "--epochs", "2", "--out-dir", str(out)]
+    assert compare.main(argv2) == 2
+    assert "epochs: 1 there, 2 now" in capsys.readouterr().err
 
 
 def test_same_seed_same_settings_identical_stock_results(first_run, tiny):
@@ -169,7 +174,7 @@ def test_same_seed_same_settings_identical_stock_results(first_run, tiny):
     assert compare.main(["--data", str(data), "--models", *COMMON, "--seeds", "0", "--out-dir", str(out2)]) == 0
     a, b = read_csv(out / "compare.csv")[0], read_csv(out2 / "compare.csv")[0]
     assert a["model"] == b["model"] == "yolov8n"
-    for col in ["params", "gflops", *compare.METRICS] + [f"ap50_95_{n}" for n in CLASSES]:
+    for col in ["params", "gflops", *study.METRICS] + [f"ap50_95_{n}" for n in CLASSES]:
         assert a[col] == b[col], col
     # Stronger than metrics that may still be 0 after one epoch: identical losses and identical weights.
     losses = [(d / "runs" / "yolov8n_seed0" / "results.csv").read_text().splitlines() for d in (out, out2)]
@@ -186,33 +191,33 @@ def test_model_names_follow_ultralytics_scale_mechanism(tmp_path):
     cfg = tmp_path / "cfg"
     cfg.mkdir()
     (cfg / "yolov8-vil-p5.yaml").write_text("nc: 1\n")
-    assert compare.scaled_model(cfg / "yolov8-vil-p5.yaml", "s") == ("yolov8s-vil-p5", cfg / "yolov8s-vil-p5.yaml")
-    with pytest.raises(SystemExit, match="names scale 'm' but --scale is 'n'"):
-        compare.scaled_model(cfg / "yolov8m-vil.yaml", "n")
+    assert study.scaled_model(cfg / "yolov8-vil-p5.yaml", "s") == ("yolov8s-vil-p5", cfg / "yolov8s-vil-p5.yaml")
+    with pytest.raises(UserError, match="names scale 'm' but --scale is 'n'"):
+        study.scaled_model(cfg / "yolov8m-vil.yaml", "n")
     bad = tmp_path / "run1s"
     bad.mkdir()
     (bad / "yolov8-vil.yaml").write_text("nc: 1\n")
-    with pytest.raises(SystemExit, match="folder in the path"):
-        compare.scaled_model(bad / "yolov8-vil.yaml", "n")
+    with pytest.raises(UserError, match="folder in the path"):
+        study.scaled_model(bad / "yolov8-vil.yaml", "n")
 
 
 def test_md_explains_every_na(tmp_path):
     settings = {"data": str(tmp_path / "d.yaml"), "scale": "n", "epochs": 1, "img_size": 64, "batch_size": 2,
                 "optimizer": "AdamW", "lr0": 0.001, "device": "cpu", "workers": 0, "extra": {}, "latency_runs": 3,
                 "latency_warmup": 1}  # fmt: skip
-    row = {c: 1.0 for c in compare.COLUMNS} | {"model": "yolov8n", "seed": 0, "latency_ms_onnx": "n/a",
+    row = {c: 1.0 for c in study.COLUMNS} | {"model": "yolov8n", "seed": 0, "latency_ms_onnx": "n/a",
                                                 "ap50_a": "n/a", "ap50_95_a": "n/a"}  # fmt: skip
     notes = {("yolov8n", 0): {"latency_ms_onnx": "ONNX export failed: X", "per_class": "no val instances of ['a']"}}
     (tmp_path / "rows").mkdir()
     (tmp_path / "rows" / "yolov8n_seed0.json").write_text(json.dumps({"row": row, "env": {}}))
     models = [{"tag": "yolov8n"}, {"tag": "yolov8n-vil"}]
-    compare.write_md(tmp_path / "c.md", [row], notes, {("yolov8n-vil", 0): "exit status 1"}, models, settings,
+    study.write_md(tmp_path / "c.md", [row], notes, {("yolov8n-vil", 0): "exit status 1"}, models, settings,
                      ["a"], ["--data", "d.yaml"], tmp_path)  # fmt: skip
     md = (tmp_path / "c.md").read_text()
     assert "yolov8n seed 0, `latency_ms_onnx`: ONNX export failed: X" in md
     assert "no val instances of ['a']" in md
     assert "- yolov8n-vil seed 0: exit status 1" in md
-    compare.write_csv(tmp_path / "c.csv", [row], ["a"])
+    study.write_csv(tmp_path / "c.csv", [row], ["a"])
     assert read_csv(tmp_path / "c.csv")[0]["latency_ms_onnx"] == "n/a"
 
 
@@ -222,7 +227,7 @@ def test_costs_of_other_settings_are_ignored_and_absent_costs_are_named(tmp_path
     settings = {"img_size": 320, "batch_size": 4, "device": "cpu"}
     costs = {"settings": {**settings, "img_size": 640}, "how": "x", "models": {}}
     (tmp_path / "costs.json").write_text(json.dumps(costs))
-    got, why = compare.read_costs(tmp_path, settings)
+    got, why = study.read_costs(tmp_path, settings)
     assert got is None and "other settings" in why and "delete it" in why
     costs["settings"] = settings
     costs["models"] = {"a": {"train_min_ms": 20.0, "train_median_ms": 30.0, "train_mem_mb": 150.0,
@@ -230,13 +235,13 @@ def test_costs_of_other_settings_are_ignored_and_absent_costs_are_named(tmp_path
                        "b": {"train_min_ms": 10.0, "train_median_ms": 20.0, "train_mem_mb": 100.0,
                              "torch_min_ms": 3.0, "torch_median_ms": 4.0}}  # fmt: skip
     (tmp_path / "costs.json").write_text(json.dumps(costs))
-    got, why = compare.read_costs(tmp_path, settings)
-    assert why == "" and compare.cost_ratio(got, "a", "b", "train") == "2.00x / 1.50x"
-    assert compare.cost_ratio(got, "a", "b", "train_mem") == "1.50x"
-    assert compare.cost_ratio(got, "a", "b", "torch") == "3.00x / 3.00x"
-    assert compare.cost_ratio(got, "a", "b", "onnx") == compare.NA  # not measured: said, not invented
-    assert compare.cost_ratio(got, "a", "c", "train") == compare.NA
-    assert "--costs" in "\n".join(compare.cost_lines([], None))
+    got, why = study.read_costs(tmp_path, settings)
+    assert why == "" and study.cost_ratio(got, "a", "b", "train") == "2.00x / 1.50x"
+    assert study.cost_ratio(got, "a", "b", "train_mem") == "1.50x"
+    assert study.cost_ratio(got, "a", "b", "torch") == "3.00x / 3.00x"
+    assert study.cost_ratio(got, "a", "b", "onnx") == study.NA  # not measured: said, not invented
+    assert study.cost_ratio(got, "a", "c", "train") == study.NA
+    assert "--costs" in "\n".join(study.cost_lines([], None))
 
 
 def test_report_names_a_run_whose_checkpoint_scores_far_from_the_trainer(first_run, tiny, tmp_path):

@@ -24,12 +24,13 @@ from pathlib import Path
 import pytest
 from conftest import load_script
 
-from ultra_vil.yolo import compare
+from ultra_vil import study as compare
+from ultra_vil.study import runner
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="run locks are flocks, job processes POSIX ones")
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPARE_PY = ROOT / "ultra_vil" / "yolo" / "compare.py"
+COMPARE_PY = ROOT / "ultra_vil" / "study" / "worker.py"  # what `python -m ultra_vil.study.worker` runs
 HOST = socket.gethostname()
 script = load_script("compare")  # scripts/compare.py: main() as the command line runs it
 
@@ -190,7 +191,7 @@ def stand_in(tmp_path: Path, *, prctl: bool) -> Path:
             sys.modules["ctypes"] = stub
         sys.meta_path.insert(0, SleepAtTorch())
         args = sys.argv[1:]
-        if args[:2] == ["-m", "ultra_vil.yolo.compare"]:
+        if args[:2] == ["-m", "ultra_vil.study.worker"]:
             args = args[2:]
         sys.argv = [{str(COMPARE_PY)!r}, *args]
         runpy.run_path({str(COMPARE_PY)!r}, run_name="__main__")
@@ -208,14 +209,12 @@ def start_parent(tmp_path: Path, exe: Path, *, lock: bool) -> subprocess.Popen:
         (out / sub).mkdir(parents=True, exist_ok=True)
     job = {"tag": "m", "seed": 0, "out_dir": str(out), "row_file": str(out / "rows" / "m_seed0.json")}
     script = textwrap.dedent(f"""
-        import importlib.util, sys
+        import sys
         from pathlib import Path
 
-        spec = importlib.util.spec_from_file_location("compare_under_test", {str(COMPARE_PY)!r})
-        compare = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = compare
-        spec.loader.exec_module(compare)
-        sys.executable = {str(exe)!r}  # the job process starts as `sys.executable -m ultra_vil.yolo.compare ...`
+        sys.path.insert(0, {str(ROOT)!r})
+        import ultra_vil.study as compare
+        sys.executable = {str(exe)!r}  # the job process starts as `sys.executable -m ultra_vil.study.worker ...`
         kwargs = {{}}
         if {lock!r}:
             held, who = compare.claim(Path({str(out / "jobs" / "m_seed0.lock")!r}))
@@ -301,8 +300,8 @@ def study(tmp_path, monkeypatch):
         Path(job["row_file"]).write_text(json.dumps(saved_row(job["tag"], job["seed"])))
         return True, ""
 
-    monkeypatch.setattr(compare, "preflight", lambda *a, **k: None)
-    monkeypatch.setattr(compare, "run_worker", run_worker)
+    monkeypatch.setattr(runner, "preflight", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "run_worker", run_worker)
     argv = ["--data", str(data), "--models", "--scale", "n", "--epochs", "1", "--seeds", "0", "1", "--img-size", "64",
             "--batch-size", "2", "--device", "cpu", "--workers", "0", "--quiet", "--out-dir", str(out)]  # fmt: skip
     assert script.main(argv) == 0 and trained == [("yolov8n", 0), ("yolov8n", 1)]

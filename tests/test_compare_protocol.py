@@ -19,7 +19,7 @@ import pytest
 from conftest import load_script
 
 from ultra_vil.errors import UserError
-from ultra_vil.yolo import compare
+from ultra_vil import study as compare
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = sorted((ROOT / "cfg" / "compare").glob("*.yaml"))
@@ -186,7 +186,7 @@ def test_settings_of_an_older_version_name_the_data_by_its_absolute_path(tmp_pat
     compare.check_settings(path, settings)
     assert json.loads(path.read_text()) == settings
     path.write_text(json.dumps({**settings, "data": "/some/other/clone/datasets/d.yaml", "data_sha": "0" * 16}))
-    with pytest.raises(SystemExit, match="data_sha: '0000000000000000' there") as e:
+    with pytest.raises(UserError, match="data_sha: '0000000000000000' there") as e:
         compare.check_settings(path, settings)
     assert "/some/other/clone/datasets/d.yaml" in str(e.value)
     outside = tmp_path / "elsewhere.yaml"  # a file outside the out-dir's repository: its absolute path

@@ -11,9 +11,10 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import load_script
 
-from ultra_vil.yolo import compare as stats
+from ultra_vil.errors import UserError
+
+from ultra_vil import study as stats
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["model", "seed", "params", "gflops", "map50", "map50_95", "precision", "recall", "latency_ms_torch",
@@ -102,16 +103,15 @@ def test_t_quantiles():
 def test_baseline_tags_and_script_picks_them(tmp_path):
     assert stats.baseline_tag("yolo11s-vil") == "yolo11s" and stats.baseline_tag("yolov8n-vil-p5") == "yolov8n"
     assert stats.baseline_cfg("yolo26m-vil") == "yolo26m.yaml" and stats.baseline_tag("vil-t") is None
-    script = load_script("compare")
     cfgs = [str(ROOT / "cfg" / n) for n in ("yolov8-vil.yaml", "yolo11-vil.yaml", "yolo26-vil.yaml")]
-    models = script.pick_models(cfgs, "s")
+    models = stats.pick_models(cfgs, "s")
     assert [m["tag"] for m in models] == ["yolov8s", "yolo11s", "yolo26s", "yolov8s-vil", "yolo11s-vil", "yolo26s-vil"]
     assert [m.get("baseline") for m in models[3:]] == ["yolov8s", "yolo11s", "yolo26s"]
-    assert [m["tag"] for m in script.pick_models(cfgs[1:2], "n", "yolov8")] == ["yolov8n", "yolo11n-vil"]
-    assert [m["tag"] for m in script.pick_models([], "n")] == ["yolov8n"]
-    assert [m["tag"] for m in script.pick_models([], "n", "yolo11")] == ["yolo11n"]  # stock only, that generation
-    with pytest.raises(SystemExit, match="--baseline"):
-        script.pick_models(cfgs, "n", "resnet")
+    assert [m["tag"] for m in stats.pick_models(cfgs[1:2], "n", "yolov8")] == ["yolov8n", "yolo11n-vil"]
+    assert [m["tag"] for m in stats.pick_models([], "n")] == ["yolov8n"]
+    assert [m["tag"] for m in stats.pick_models([], "n", "yolo11")] == ["yolo11n"]  # stock only, that generation
+    with pytest.raises(UserError, match="--baseline"):
+        stats.pick_models(cfgs, "n", "resnet")
 
     # compare.md starts with the verdicts
     rows = stats.read_rows(write_csv(tmp_path / "c.csv", {"yolo11s": [(0.2, 0.4)] * 3,
@@ -121,7 +121,7 @@ def test_baseline_tags_and_script_picks_them(tmp_path):
                 "latency_warmup": 1}  # fmt: skip
     (tmp_path / "rows").mkdir()
     (tmp_path / "rows" / "yolo11s_seed0.json").write_text('{"row": {}, "env": {}}')
-    script.write_md(tmp_path / "c.md", rows, {}, {}, script.pick_models(cfgs[1:2], "s"), settings, [], ["--x"],
+    stats.write_md(tmp_path / "c.md", rows, {}, {}, stats.pick_models(cfgs[1:2], "s"), settings, [], ["--x"],
                     tmp_path)  # fmt: skip
     md = (tmp_path / "c.md").read_text().splitlines()
     assert md[2] == "## Verdicts" and md[4].startswith("- **yolo11s-vil vs yolo11s: better**")

@@ -1,0 +1,286 @@
+"""One (model, seed) run in its own process: train, validate last.pt, time inference; `python -m ultra_vil.study.worker`."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ultra_vil.study.locks import RunLock
+
+# Nothing from ultra_vil at import: `import ultra_vil` loads torch (seconds), and a job process must be tied to its
+# parent (die_with_parent) before that. The other imports are inside the functions.
+NA = "n/a"  # ultra_vil.study.stats.NA, the cell of a value that cannot apply
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda:0' or 'cpu'; validates cpu / cuda / cuda:N / N (the rules of ultra_vil.measure)."""
+    from ultra_vil.errors import UserError
+    from ultra_vil.measure import DeviceError
+    from ultra_vil.measure import resolve_device as resolve
+
+    try:
+        return str(resolve(device))  # 'cpu' or 'cuda:N': the form settings.json has always stored
+    except DeviceError as e:
+        raise UserError(f"{e}") from None
+
+
+def register_vil(required: bool) -> bool:
+    """Import ultra_vil.yolo so that Ultralytics' parser knows the ViL modules (the .pth hook does it too)."""
+    try:
+        import ultra_vil.yolo  # noqa: F401
+    except ImportError as e:
+        if required:
+            from ultra_vil.errors import UserError
+
+            raise UserError(
+                f"cannot import ultra_vil.yolo ({e}); ViL models need it. Install the package with "
+                "`pip install -e .` from the repository root."
+            ) from e
+        return False
+    return True
+
+
+def run_worker(job: dict, job_file: Path, log_file: Path, quiet: bool,
+               lock: RunLock | None = None) -> tuple[bool, str]:  # fmt: skip
+    """Run one job in a fresh Python process; its output goes to log_file (and the console unless quiet).
+
+    The job process is tied to this one: it inherits the run's `lock`, which from then on names it (it writes the
+    run) and stays held while it lives, even if this process is gone; it is told this process's pid and dies with
+    it (die_with_parent). If this process stops here (Ctrl-C, an error), the job process is killed and waited for
+    before the caller releases the lock, so no other process can start the run while this one still writes it.
+    """
+    job = {**job, "parent_pid": os.getpid()}
+    job_file.write_text(json.dumps(job, indent=2))
+    Path(job["row_file"]).unlink(missing_ok=True)
+    for stale in (f"{job['tag']}_seed{job['seed']}", f"{job['tag']}_seed{job['seed']}_val"):
+        shutil.rmtree(Path(job["out_dir"]) / "runs" / stale, ignore_errors=True)  # an interrupted run starts afresh
+    cmd = [sys.executable, "-m", "ultra_vil.study.worker", "--worker", str(job_file)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                pass_fds=(lock.fd,) if lock is not None else ())  # fmt: skip
+        try:
+            if lock is not None:
+                lock.name(proc.pid)
+            while chunk := proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
+                log.write(chunk)
+                if not quiet:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if rc == 0 and Path(job["row_file"]).is_file():
+        return True, ""
+    tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+    return False, f"exit status {rc}; see {log_file}: " + " | ".join(x.strip()[:200] for x in tail)
+
+
+def worker_main(job_file: str) -> int:
+    """The job process (`python -m ultra_vil.study.worker --worker JOB.json`, started by run_worker): tied to
+    its parent first, then `worker`."""
+    job = json.loads(Path(job_file).read_text())
+    if job.get("parent_pid"):
+        die_with_parent(int(job["parent_pid"]))
+    return worker(job)
+
+
+def die_with_parent(parent: int, poll_s: float = 1.0) -> str:
+    """Make this process (a job) exit when `parent`, the compare.py process that started it, dies: "prctl" or
+    "poll", how.
+
+    An orphaned job would go on training while a rerun, finding its parent gone, takes the run over and deletes
+    the run folder the orphan writes into. Linux: prctl(PR_SET_PDEATHSIG, SIGKILL) through ctypes, the kernel's
+    own notice (sent when the thread that started this process ends: compare.py starts jobs from its main
+    thread). Elsewhere, or where prctl fails: a daemon thread that polls os.getppid() every `poll_s` seconds and
+    exits once it has changed (an orphan is given a new parent). If this process's parent is not `parent` to begin
+    with, a launcher stands between them (an interpreter wrapper that does not exec) or `parent` is gone already:
+    the thread then polls whether `parent` lives. Either way the parent is checked once more right after, for one
+    that died before the watch was set up.
+    """
+    if os.getppid() == parent:
+        def alive() -> bool:
+            return os.getppid() == parent
+
+        how = "prctl" if _set_pdeathsig(signal.SIGKILL) else "poll"
+    else:
+        def alive() -> bool:
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:  # alive, another user's
+                pass
+            return True
+
+        how = "poll"
+    if how == "poll":
+        import threading
+
+        def watch() -> None:
+            while alive():
+                time.sleep(poll_s)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+    if not alive():
+        os._exit(1)
+    return how
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    """prctl(PR_SET_PDEATHSIG, sig) for this process; False where there is no such call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
+# ------------------------------------------------------------------------------------------------------ worker
+def worker(job: dict) -> int:
+    """Train, validate and time one (model, seed). Writes job['row_file'] last, atomically."""
+    import torch
+
+    from ultra_vil import measure
+
+    if job["vil"]:
+        register_vil(required=True)
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops
+
+    out = Path(job["out_dir"])
+    name = f"{job['tag']}_seed{job['seed']}"
+    yolo_device = measure.ultralytics_device(job["device"])
+    notes: dict[str, str] = {}
+
+    model = YOLO(job["cfg"])
+    epoch_times, t_start = [], [0.0]
+    model.add_callback("on_train_epoch_start", lambda trainer: t_start.__setitem__(0, time.perf_counter()))
+    model.add_callback("on_train_epoch_end", lambda trainer: epoch_times.append(time.perf_counter() - t_start[0]))
+    # CUDA: allocator peak above the start; CPU: the process's peak RSS (VmHWM, reset here) above its RSS now
+    with measure.peak_memory(job["device"]) as peak_mem:
+        model.train(
+            data=job["data"], epochs=job["epochs"], imgsz=job["img_size"], batch=job["batch_size"], seed=job["seed"],
+            deterministic=True, optimizer=job["optimizer"], lr0=job["lr0"], device=yolo_device,
+            workers=job["workers"], project=str(out / "runs"), name=name, exist_ok=True, pretrained=False,
+            **{"plots": False, "val": False, **job["extra"]},  # --extra val=True: a val curve in results.csv
+        )  # fmt: skip
+    peak = peak_mem.mb
+    save_dir = Path(model.trainer.save_dir)
+    last = save_dir / "weights" / "last.pt"
+
+    trained = YOLO(last).model.float()  # the model as trained (nc of the data set), before BN fusion
+    params = sum(p.numel() for p in trained.parameters())
+    gflops = get_flops(trained, job["img_size"])
+    if not gflops:
+        gflops, notes["gflops"] = NA, "Ultralytics' get_flops (thop) failed on this model"
+
+    metrics = YOLO(last).val(
+        data=job["data"], imgsz=job["img_size"], batch=job["batch_size"], device=yolo_device, workers=job["workers"],
+        split="val", plots=False, project=str(out / "runs"), name=f"{name}_val", exist_ok=True,
+    )  # fmt: skip
+    box = metrics.box
+    names = [metrics.names[i] for i in sorted(metrics.names)]
+    row: dict[str, Any] = {
+        "model": job["tag"], "seed": job["seed"], "params": params, "gflops": round(gflops, 4) if gflops != NA else NA,
+        "map50": float(box.map50), "map50_95": float(box.map), "precision": float(box.mp), "recall": float(box.mr),
+    }  # fmt: skip
+
+    # Latency, batch 1: the fused fp32 model's forward (no pre/post-processing, no NMS), median after warm-up.
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, job["img_size"], job["img_size"])
+    net = YOLO(last).model.float().fuse().eval().to(job["device"])
+    row["latency_ms_torch"] = round(time_ms(lambda: net(x.to(job["device"])), job), 3)
+    if not job["onnx"]:
+        row["latency_ms_onnx"], notes["latency_ms_onnx"] = NA, "not measured (--no-onnx)"
+    else:
+        row["latency_ms_onnx"], why = onnx_latency(last, x.numpy(), job)
+        if why:
+            notes["latency_ms_onnx"] = why
+
+    row["train_s_per_epoch"] = round(statistics.median(epoch_times), 3) if epoch_times else NA
+    if not epoch_times:
+        notes["train_s_per_epoch"] = "no epoch finished"
+    row["peak_mem_mb"] = round(peak, 1) if peak is not None else NA
+    if peak is None:
+        notes["peak_mem_mb"] = "no peak-RSS reading on this OS (needs Linux /proc)"
+    present = {int(c): i for i, c in enumerate(box.ap_class_index)}
+    for c, n in enumerate(names):
+        row[f"ap50_{n}"] = float(box.all_ap[present[c], 0]) if c in present else NA
+    for c, n in enumerate(names):
+        row[f"ap50_95_{n}"] = float(box.all_ap[present[c]].mean()) if c in present else NA
+    absent = [n for c, n in enumerate(names) if c not in present]
+    if absent:
+        notes["per_class"] = f"no val instances of {absent}: their AP is n/a"
+
+    env = {
+        "torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__,
+        "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "device_name": measure.device_name(torch.device(job["device"])),
+        "epochs_timed": len(epoch_times), "save_dir": str(save_dir),
+    }  # fmt: skip
+    saved = {"row": row, "notes": notes, "names": names, "yaml_sha": job["yaml_sha"], "env": env}
+    from ultra_vil.checkpoints import atomic_write
+
+    atomic_write(job["row_file"], json.dumps(saved, indent=2))
+    return 0
+
+
+def time_ms(fn, job: dict) -> float:
+    """Median batch-1 latency in ms after the job's warm-up runs (ultra_vil.measure, CUDA synchronised)."""
+    import torch
+
+    from ultra_vil import measure
+
+    with torch.inference_mode():
+        return measure.time_ms(fn, job["device"], warmup=job["latency_warmup"], repeat=job["latency_runs"])
+
+
+def onnx_latency(last: Path, x, job: dict) -> tuple[float | str, str]:
+    """(median ms, "") or (n/a, why): Ultralytics' ONNX export of last.pt, run by ONNX Runtime on the CPU."""
+    try:
+        import onnxruntime as ort
+        import torch
+        from ultralytics import YOLO
+
+        onnx_file = YOLO(last).export(format="onnx", imgsz=job["img_size"], device="cpu", dynamic=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as the PyTorch CPU timing
+        session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(job["latency_warmup"]):
+            session.run(None, feed)
+        times = []
+        for _ in range(job["latency_runs"]):
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return round(statistics.median(times), 3), ""
+    except Exception as e:  # export or runtime failure: report it, keep the rest of the row
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = msg if len(msg) <= 200 else msg[:200] + " ..."
+        return NA, f"ONNX export or ONNX Runtime failed ({type(e).__name__}: {msg}); the full error is in the run's log"
+
+
+if __name__ == "__main__":  # a job process: python -m ultra_vil.study.worker --worker JOB.json
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        raise SystemExit("usage: python -m ultra_vil.study.worker --worker JOB.json (started by scripts/compare.py)")
+    sys.exit(worker_main(sys.argv[2]))
