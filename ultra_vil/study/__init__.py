@@ -12,8 +12,10 @@ scripts/compare.py parses the arguments and calls `run`; everything else is here
     report    compare.csv / compare.md / compare.png
     runner    the loop over (model, seed)
 
-Library code raises `ultra_vil.errors.UserError`; only the script exits. Timing, peak memory and devices come from `ultra_vil.measure` (shared with the
-benchmark). 
+Library code raises `ultra_vil.errors.UserError`; only the script exits. Timing, peak memory and devices come
+from `ultra_vil.measure` (shared with the benchmark). `ultra_vil.yolo.compare` re-exports these names for older
+callers and still runs a job (`python -m ultra_vil.yolo.compare --worker JOB`).
+
 Why a paired t-interval, not a bootstrap: each seed trains both models on the same data order and augmentation,
 so the per-seed differences remove the seed-to-seed noise both share (on neon-trees two runs of one layout that
 differed only in mLSTM numerics scored mAP50 0.483 and 0.415). With the 2-10 seeds a study can afford, a bootstrap
@@ -94,17 +96,29 @@ from ultra_vil.study.report import (  # noqa: F401
     write_md,
     write_png,
 )
-from ultra_vil.study.worker import (  # noqa: F401
-    die_with_parent,
-    onnx_latency,
-    register_vil,
-    resolve_device,
-    run_worker,
-    time_ms,
-    worker,
-    worker_main,
-)
-from ultra_vil.study.runner import (  # noqa: F401
-    preflight,
-    run,
-)
+
+# The job process and the loop over runs load on first use: `python -m ultra_vil.study.worker` imports this package
+# first, and a package that had imported its worker module already would have Python run that module a second
+# time, as __main__ (runpy warns of it). The function `worker` is ultra_vil.study.worker.worker: the package's name
+# `worker` is that module.
+_LAZY = {
+    **dict.fromkeys(("die_with_parent", "onnx_latency", "register_vil", "resolve_device", "run_worker", "time_ms",
+                     "worker_main"), "ultra_vil.study.worker"),
+    **dict.fromkeys(("preflight", "run"), "ultra_vil.study.runner"),
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    """A name of the worker or runner module, imported on first use (see _LAZY)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,4 +1,4 @@
-"""Run locks shared by the processes of one study: flock-held, atomic take-over, job processes that die with their parent."""
+"""Run locks shared by the processes of one study: flock-held, taken over atomically when their holder is gone."""
 
 from __future__ import annotations
 

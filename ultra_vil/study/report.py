@@ -130,24 +130,35 @@ TABLE = [  # (column, header, digits, scale)
 
 
 def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out: Path) -> None:
+    """compare.md: the verdicts, the runs (settings and the mean ± std table), how each column was measured, then
+    the notes, the failed runs and the per-class AP, each section from its own helper."""
     by_model = {m["tag"]: [r for r in rows if r["model"] == m["tag"]] for m in models}
+    pairs = [(m["tag"], m.get("baseline") or models[0]["tag"]) for m in models if m.get("yaml", "") is not None
+             and m["tag"] != (m.get("baseline") or models[0]["tag"])]  # fmt: skip
+    comparisons = [compare_pair(rows, v, b) for v, b in pairs if by_model.get(v) and by_model.get(b)]
+    lines = [
+        f"# ViL vs stock YOLO at scale {settings['scale']} on {Path(settings['data']).name}",
+        "",
+        *verdict_lines(comparisons, read_costs(out, settings)[0]),
+        *_runs_section(rows, models, settings, names, out, by_model, pairs, argv),
+        *_measured_section(settings),
+        *_notes_sections(rows, notes, failed, out),
+        *_per_class_section(names, rows, by_model),
+    ]
+    path.write_text("\n".join(lines))
+
+
+def _runs_section(rows, models, settings, names, out: Path, by_model: dict, pairs: list, argv) -> list[str]:
+    """compare.md's "Runs": the data and settings, the mean ± std table, each pair's mean difference, the command."""
     env = {}
     for row in rows[:1]:
         env = json.loads((out / "rows" / f"{row['model']}_seed{row['seed']}.json").read_text()).get("env", {})
-    cuda = settings["device"].startswith("cuda")
-    data_name = Path(settings["data"]).name
     data_shown = settings["data"]  # stored_path's form: relative to the repository when inside it
     if REPO is not None and Path(data_shown).is_absolute() and Path(data_shown).is_relative_to(REPO):
         data_shown = os.path.relpath(data_shown, REPO)
     split_counts = _split_counts(stored_file(settings["data"], out))
     pretrained = ", ".join(f"{m['tag']} `{w}`" for m in models for w in m.get("weights") or [])
-    pairs = [(m["tag"], m.get("baseline") or models[0]["tag"]) for m in models if m.get("yaml", "") is not None
-             and m["tag"] != (m.get("baseline") or models[0]["tag"])]  # fmt: skip
-    comparisons = [compare_pair(rows, v, b) for v, b in pairs if by_model.get(v) and by_model.get(b)]
     lines = [
-        f"# ViL vs stock YOLO at scale {settings['scale']} on {data_name}",
-        "",
-        *verdict_lines(comparisons, read_costs(out, settings)[0]),
         "## Runs",
         "",
         f"Data: `{data_shown}`{split_counts}, {len(names)} class(es). "
@@ -185,9 +196,13 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
             ratio = mean("params", rs) / mean("params", stock)
             lines.append(f"- {v} − {b}: mean mAP50-95 {dm:+.3f}, params {ratio:.2f}x (verdicts above).")
     cmd = "python scripts/compare.py " + " ".join(_quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    lines += ["", f"Reproduce by: `{cmd}`", ""]
+    return lines + ["", f"Reproduce by: `{cmd}`", ""]
 
-    lines += [
+
+def _measured_section(settings: dict) -> list[str]:
+    """compare.md's "How each column was measured", with the study's sizes, runs and device filled in."""
+    cuda = settings["device"].startswith("cuda")
+    return [
         "## How each column was measured",
         "- **mAP50, mAP50-95, precision, recall**: Ultralytics `val` of `last.pt` (EMA weights after the last "
         "epoch; no checkpoint is chosen on the val split) on the data set's `val` split, imgsz "
@@ -208,7 +223,11 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
          f"(--workers {settings['workers']}) are not included."),
         "",
     ]  # fmt: skip
-    na_lines = []
+
+
+def _notes_sections(rows: list[dict], notes: dict, failed: dict, out: Path) -> list[str]:
+    """compare.md's "Notes and `n/a` values" (the workers' notes, checkpoint gaps) and "Failed runs", when any."""
+    lines, na_lines = [], []
     for (tag, seed), ns in notes.items():
         for col, why in ns.items():
             na_lines.append(f"- {tag} seed {seed}, `{col}`: {why}")
@@ -218,14 +237,19 @@ def write_md(path: Path, rows, notes, failed, models, settings, names, argv, out
     if failed:
         lines += ["## Failed runs (no row; rerun the same command to retry them)"]
         lines += [f"- {tag} seed {seed}: {why}" for (tag, seed), why in failed.items()] + [""]
-    if names and rows:
-        lines += ["## AP50-95 per class (mean over seeds)", "", "| model | " + " | ".join(names) + " |",
-                  "|---" * (len(names) + 1) + "|"]  # fmt: skip
-        for tag, rs in by_model.items():
-            if rs:
-                lines.append(f"| {tag} | " + " | ".join(cell([r[f'ap50_95_{n}'] for r in rs]) for n in names) + " |")
-        lines.append("")
-    path.write_text("\n".join(lines))
+    return lines
+
+
+def _per_class_section(names: list[str], rows: list[dict], by_model: dict) -> list[str]:
+    """compare.md's per-class AP50-95 table (mean over seeds), when there are classes and rows."""
+    if not (names and rows):
+        return []
+    lines = ["## AP50-95 per class (mean over seeds)", "", "| model | " + " | ".join(names) + " |",
+             "|---" * (len(names) + 1) + "|"]  # fmt: skip
+    for tag, rs in by_model.items():
+        if rs:
+            lines.append(f"| {tag} | " + " | ".join(cell([r[f'ap50_95_{n}'] for r in rs]) for n in names) + " |")
+    return lines + [""]
 
 
 CHECKPOINT_GAP = 0.02  # mAP50-95: last.pt vs the trainer's own final validation, beyond float16 rounding

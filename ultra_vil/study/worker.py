@@ -1,4 +1,5 @@
-"""One (model, seed) run in its own process: train, validate last.pt, time inference; `python -m ultra_vil.study.worker`."""
+"""One (model, seed) run in its own process, `python -m ultra_vil.study.worker JOB.json`: started by run_worker,
+tied to its parent (die_with_parent), it trains, validates last.pt and times inference."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ultra_vil.study.locks import RunLock
 
-# Nothing from ultra_vil at import: `import ultra_vil` loads torch (seconds), and a job process must be tied to its
-# parent (die_with_parent) before that. The other imports are inside the functions.
+# Nothing from ultra_vil at import, and torch, Ultralytics and ultra_vil.yolo only inside the functions: the module's
+# own code ties the job to its parent (die_with_parent) before it imports anything heavy, whatever imported it
+# (tests/test_compare_locks.py runs this file alone and stops the job at `import torch`). Launched as
+# `python -m ultra_vil.study.worker`, Python imports the packages ultra_vil (which loads torch) and ultra_vil.study
+# first; ultra_vil.study does not import this module, so that it runs once, as __main__.
 NA = "n/a"  # ultra_vil.study.stats.NA, the cell of a value that cannot apply
 
 
@@ -163,73 +167,24 @@ def worker(job: dict) -> int:
 
     if job["vil"]:
         register_vil(required=True)
-    from ultralytics import YOLO
-    from ultralytics.utils.torch_utils import get_flops
-
-    out = Path(job["out_dir"])
-    name = f"{job['tag']}_seed{job['seed']}"
     yolo_device = measure.ultralytics_device(job["device"])
     notes: dict[str, str] = {}
-
-    model = YOLO(job["cfg"])
-    epoch_times, t_start = [], [0.0]
-    model.add_callback("on_train_epoch_start", lambda trainer: t_start.__setitem__(0, time.perf_counter()))
-    model.add_callback("on_train_epoch_end", lambda trainer: epoch_times.append(time.perf_counter() - t_start[0]))
-    # CUDA: allocator peak above the start; CPU: the process's peak RSS (VmHWM, reset here) above its RSS now
-    with measure.peak_memory(job["device"]) as peak_mem:
-        model.train(
-            data=job["data"], epochs=job["epochs"], imgsz=job["img_size"], batch=job["batch_size"], seed=job["seed"],
-            deterministic=True, optimizer=job["optimizer"], lr0=job["lr0"], device=yolo_device,
-            workers=job["workers"], project=str(out / "runs"), name=name, exist_ok=True, pretrained=False,
-            **{"plots": False, "val": False, **job["extra"]},  # --extra val=True: a val curve in results.csv
-        )  # fmt: skip
-    peak = peak_mem.mb
-    save_dir = Path(model.trainer.save_dir)
+    save_dir, epoch_times, peak = _train(job, yolo_device)
     last = save_dir / "weights" / "last.pt"
-
-    trained = YOLO(last).model.float()  # the model as trained (nc of the data set), before BN fusion
-    params = sum(p.numel() for p in trained.parameters())
-    gflops = get_flops(trained, job["img_size"])
-    if not gflops:
-        gflops, notes["gflops"] = NA, "Ultralytics' get_flops (thop) failed on this model"
-
-    metrics = YOLO(last).val(
-        data=job["data"], imgsz=job["img_size"], batch=job["batch_size"], device=yolo_device, workers=job["workers"],
-        split="val", plots=False, project=str(out / "runs"), name=f"{name}_val", exist_ok=True,
-    )  # fmt: skip
-    box = metrics.box
-    names = [metrics.names[i] for i in sorted(metrics.names)]
+    params, gflops = _size(last, job, notes)
+    box, names = _validate(last, job, yolo_device)
     row: dict[str, Any] = {
         "model": job["tag"], "seed": job["seed"], "params": params, "gflops": round(gflops, 4) if gflops != NA else NA,
         "map50": float(box.map50), "map50_95": float(box.map), "precision": float(box.mp), "recall": float(box.mr),
     }  # fmt: skip
-
-    # Latency, batch 1: the fused fp32 model's forward (no pre/post-processing, no NMS), median after warm-up.
-    torch.manual_seed(0)
-    x = torch.rand(1, 3, job["img_size"], job["img_size"])
-    net = YOLO(last).model.float().fuse().eval().to(job["device"])
-    row["latency_ms_torch"] = round(time_ms(lambda: net(x.to(job["device"])), job), 3)
-    if not job["onnx"]:
-        row["latency_ms_onnx"], notes["latency_ms_onnx"] = NA, "not measured (--no-onnx)"
-    else:
-        row["latency_ms_onnx"], why = onnx_latency(last, x.numpy(), job)
-        if why:
-            notes["latency_ms_onnx"] = why
-
+    _latencies(last, job, row, notes)
     row["train_s_per_epoch"] = round(statistics.median(epoch_times), 3) if epoch_times else NA
     if not epoch_times:
         notes["train_s_per_epoch"] = "no epoch finished"
     row["peak_mem_mb"] = round(peak, 1) if peak is not None else NA
     if peak is None:
         notes["peak_mem_mb"] = "no peak-RSS reading on this OS (needs Linux /proc)"
-    present = {int(c): i for i, c in enumerate(box.ap_class_index)}
-    for c, n in enumerate(names):
-        row[f"ap50_{n}"] = float(box.all_ap[present[c], 0]) if c in present else NA
-    for c, n in enumerate(names):
-        row[f"ap50_95_{n}"] = float(box.all_ap[present[c]].mean()) if c in present else NA
-    absent = [n for c, n in enumerate(names) if c not in present]
-    if absent:
-        notes["per_class"] = f"no val instances of {absent}: their AP is n/a"
+    _per_class(box, names, row, notes)
 
     env = {
         "torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__,
@@ -242,6 +197,90 @@ def worker(job: dict) -> int:
 
     atomic_write(job["row_file"], json.dumps(saved, indent=2))
     return 0
+
+
+def _train(job: dict, yolo_device) -> tuple[Path, list[float], float | None]:
+    """Train the job's model from scratch: (its run folder, each epoch's training-loop seconds, peak memory in MB
+    or None where the OS gives no reading)."""
+    from ultralytics import YOLO
+
+    from ultra_vil import measure
+
+    model = YOLO(job["cfg"])
+    epoch_times, t_start = [], [0.0]
+    model.add_callback("on_train_epoch_start", lambda trainer: t_start.__setitem__(0, time.perf_counter()))
+    model.add_callback("on_train_epoch_end", lambda trainer: epoch_times.append(time.perf_counter() - t_start[0]))
+    # CUDA: allocator peak above the start; CPU: the process's peak RSS (VmHWM, reset here) above its RSS now
+    with measure.peak_memory(job["device"]) as peak_mem:
+        model.train(
+            data=job["data"], epochs=job["epochs"], imgsz=job["img_size"], batch=job["batch_size"], seed=job["seed"],
+            deterministic=True, optimizer=job["optimizer"], lr0=job["lr0"], device=yolo_device,
+            workers=job["workers"], project=str(Path(job["out_dir"]) / "runs"), name=_run_name(job), exist_ok=True,
+            pretrained=False,
+            **{"plots": False, "val": False, **job["extra"]},  # --extra val=True: a val curve in results.csv
+        )  # fmt: skip
+    return Path(model.trainer.save_dir), epoch_times, peak_mem.mb
+
+
+def _run_name(job: dict) -> str:
+    """The run's folder under out_dir/runs (its validation writes to the same name + "_val")."""
+    return f"{job['tag']}_seed{job['seed']}"
+
+
+def _size(last: Path, job: dict, notes: dict) -> tuple[int, float | str]:
+    """(parameters, GFLOPs or n/a) of the model as trained (nc of the data set), before BN fusion."""
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops
+
+    trained = YOLO(last).model.float()
+    params = sum(p.numel() for p in trained.parameters())
+    gflops = get_flops(trained, job["img_size"])
+    if not gflops:
+        gflops, notes["gflops"] = NA, "Ultralytics' get_flops (thop) failed on this model"
+    return params, gflops
+
+
+def _validate(last: Path, job: dict, yolo_device):
+    """Ultralytics' val of last.pt on the val split: (its box metrics, the class names in index order)."""
+    from ultralytics import YOLO
+
+    metrics = YOLO(last).val(
+        data=job["data"], imgsz=job["img_size"], batch=job["batch_size"], device=yolo_device, workers=job["workers"],
+        split="val", plots=False, project=str(Path(job["out_dir"]) / "runs"), name=f"{_run_name(job)}_val",
+        exist_ok=True,
+    )  # fmt: skip
+    return metrics.box, [metrics.names[i] for i in sorted(metrics.names)]
+
+
+def _latencies(last: Path, job: dict, row: dict, notes: dict) -> None:
+    """Latency, batch 1: the fused fp32 model's forward (no pre/post-processing, no NMS), median after warm-up, in
+    PyTorch on the job's device and (unless --no-onnx) in ONNX Runtime on the CPU, into `row`."""
+    import torch
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, job["img_size"], job["img_size"])
+    net = YOLO(last).model.float().fuse().eval().to(job["device"])
+    row["latency_ms_torch"] = round(time_ms(lambda: net(x.to(job["device"])), job), 3)
+    if not job["onnx"]:
+        row["latency_ms_onnx"], notes["latency_ms_onnx"] = NA, "not measured (--no-onnx)"
+    else:
+        row["latency_ms_onnx"], why = onnx_latency(last, x.numpy(), job)
+        if why:
+            notes["latency_ms_onnx"] = why
+
+
+def _per_class(box, names: list[str], row: dict, notes: dict) -> None:
+    """AP50 and AP50-95 of every class into `row` (ap50_<name>, ap50_95_<name>); n/a for a class without val
+    instances."""
+    present = {int(c): i for i, c in enumerate(box.ap_class_index)}
+    for c, n in enumerate(names):
+        row[f"ap50_{n}"] = float(box.all_ap[present[c], 0]) if c in present else NA
+    for c, n in enumerate(names):
+        row[f"ap50_95_{n}"] = float(box.all_ap[present[c]].mean()) if c in present else NA
+    absent = [n for c, n in enumerate(names) if c not in present]
+    if absent:
+        notes["per_class"] = f"no val instances of {absent}: their AP is n/a"
 
 
 def time_ms(fn, job: dict) -> float:
@@ -280,7 +319,8 @@ def onnx_latency(last: Path, x, job: dict) -> tuple[float | str, str]:
         return NA, f"ONNX export or ONNX Runtime failed ({type(e).__name__}: {msg}); the full error is in the run's log"
 
 
-if __name__ == "__main__":  # a job process: python -m ultra_vil.study.worker --worker JOB.json
-    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
-        raise SystemExit("usage: python -m ultra_vil.study.worker --worker JOB.json (started by scripts/compare.py)")
-    sys.exit(worker_main(sys.argv[2]))
+if __name__ == "__main__":  # a job process: python -m ultra_vil.study.worker [--worker] JOB.json
+    job_args = sys.argv[2:] if sys.argv[1:2] == ["--worker"] else sys.argv[1:]
+    if len(job_args) != 1 or job_args[0].startswith("-"):
+        raise SystemExit("usage: python -m ultra_vil.study.worker [--worker] JOB.json (started by scripts/compare.py)")
+    sys.exit(worker_main(job_args[0]))
