@@ -4,20 +4,21 @@
 Examples:
     # CPU, the embedded default data (minutes)
     python scripts/compare.py --data datasets/neon-trees.yaml --scale n --models cfg/yolov8-vil.yaml \
-        --epochs 5 --seeds 0 --img-size 320 --batch-size 8 --device cpu --out-dir results/neon-trees-cpu
+        --epochs 5 --seeds 0 --img-size 320 --batch-size 8 --device cpu --out-dir runs/compare-quick
 
     # YOLOv8, YOLO11 and YOLO26 with ViL, each against its own stock model, five seeds
     python scripts/compare.py --data datasets/neon-trees.yaml --scale n --seeds 0 1 2 3 4 --epochs 25 \
-        --models cfg/yolov8-vil.yaml cfg/yolo11-vil.yaml cfg/yolo26-vil.yaml --device cpu --out-dir results/gens
+        --models cfg/yolov8-vil.yaml cfg/yolo11-vil.yaml cfg/yolo26-vil.yaml --device cpu --out-dir runs/compare-gens
 
-    # a committed study, exactly as it was run (the CPU study of the README; its GPU twin at 640 px)
-    python scripts/compare.py --protocol cfg/compare/neon-trees-cpu.yaml
-    python scripts/compare.py --protocol cfg/compare/neon-trees-gpu.yaml
+    # a committed study rerun from scratch with its own settings (the CPU study; its GPU twin at 640 px), into a
+    # new folder: the protocol's out_dir holds the committed results, where every run is finished already
+    python scripts/compare.py --protocol cfg/compare/neon-trees-cpu.yaml --out-dir runs/neon-trees-cpu
+    python scripts/compare.py --protocol cfg/compare/neon-trees-gpu.yaml --out-dir runs/neon-trees-gpu
 
     # GPU, your own data, three seeds, two placements
     python scripts/compare.py --data datasets/aircraft.yaml --scale s \
         --models cfg/yolov8-vil.yaml cfg/yolov8-vil-p5.yaml --epochs 100 --seeds 0 1 2 \
-        --img-size 640 --batch-size 16 --device cuda --out-dir results/aircraft-s
+        --img-size 640 --batch-size 16 --device cuda --out-dir runs/aircraft-s
 
 For each model (the stock baseline of every --models YAML, i.e. its generation at --scale from Ultralytics'
 package: cfg/yolo11-vil.yaml -> yolo11{scale}.yaml (--baseline); then every --models YAML at the same scale,
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--img-size", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or N")
-    parser.add_argument("--out-dir", type=Path, help="results/<run>")
+    parser.add_argument("--out-dir", type=Path, help="the study folder (e.g. runs/<study>; a protocol names its own)")
     parser.add_argument("--workers", type=int, default=2, help="dataloader worker processes (0: in the main process)")
     parser.add_argument("--optimizer", default="AdamW", choices=["SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp"])
     parser.add_argument("--lr0", type=float, default=0.001, help="initial learning rate (pinned for every model)")

@@ -192,3 +192,34 @@ def test_settings_of_an_older_version_name_the_data_by_its_absolute_path(tmp_pat
     outside = tmp_path / "elsewhere.yaml"  # a file outside the out-dir's repository: its absolute path
     outside.write_text("")
     assert compare.stored_path(outside, out) == str(outside)
+
+
+def test_model_sha_follows_the_yaml_content_not_its_comments(tmp_path):
+    """A comment edit keeps a finished row valid; a changed layer makes it a new model. Rows stored with the raw
+    byte sha (studies written before content shas) stay valid while the file is unchanged."""
+    from ultra_vil.study.models import file_sha, model_sha, model_shas
+
+    original = tmp_path / "yolov8-vil.yaml"
+    shutil.copy(ROOT / "cfg" / "yolov8-vil.yaml", original)
+    sha, byte_sha = model_shas(original)
+    assert sha == model_sha(original) and byte_sha == file_sha(original) and sha != byte_sha
+    original.write_text("# a new comment\n" + original.read_text().replace("[512]] # 6 ViL", "[ 512 ] ]   # layer 6"))
+    assert model_sha(original) == sha and file_sha(original) != byte_sha
+    original.write_text(original.read_text().replace("[ 512 ] ]", "[256]]"))
+    assert model_sha(original) != sha
+
+
+def test_committed_rows_match_the_yamls_as_they_are():
+    """Every finished ViL row of the committed CPU study names its YAML's current sha, so rerunning the committed
+    protocol trains nothing again (an edit that changes a layer of a shipped YAML fails here)."""
+    from ultra_vil.study.models import find_file, model_sha, pick_models
+
+    rows = ROOT / "results" / "neon-trees-cpu" / "rows"
+    settings = parsed(["--protocol", str(ROOT / "cfg" / "compare" / "neon-trees-cpu.yaml")])
+    vil = [m for m in pick_models(settings.models, settings.scale) if m["yaml"]]
+    assert len(vil) == 5
+    for m in vil:
+        files = sorted(rows.glob(f"{m['tag']}_seed*.json"))
+        assert len(files) == 5, m["tag"]
+        for f in files:
+            assert json.loads(f.read_text())["yaml_sha"] == model_sha(find_file(m["yaml"])), f.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -91,9 +92,25 @@ def backbone_weights(yaml_path: Path) -> list[str]:
     return found
 
 
+def yaml_sha(path: Path) -> str:
+    """The sha of a YAML's content (comments, quoting and layout do not count): its parsed value as sorted JSON."""
+    import yaml
+
+    content = json.dumps(yaml.safe_load(path.read_text()), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
 def model_sha(yaml_path: Path) -> str:
-    """The YAML's sha, plus its backbone weights' (other weights: a new run, not a skipped one)."""
-    return "+".join([file_sha(yaml_path), *(file_sha(Path(w)) for w in backbone_weights(yaml_path))])
+    """The model YAML's content sha, plus its backbone weights' file shas (other weights: a new run, not a skipped
+    one). Editing a comment of the YAML keeps the sha; changing a layer changes it."""
+    return "+".join([yaml_sha(yaml_path), *(file_sha(Path(w)) for w in backbone_weights(yaml_path))])
+
+
+def model_shas(yaml_path: Path) -> tuple[str, str]:
+    """(model_sha, the same over the YAML's raw bytes): a row stored with either belongs to this model. Rows of
+    studies written before content shas hold the byte form, which stays valid while the file is unchanged."""
+    weights = [file_sha(Path(w)) for w in backbone_weights(yaml_path)]
+    return model_sha(yaml_path), "+".join([file_sha(yaml_path), *weights])
 
 
 def pick_models(paths: list[str], scale: str, baseline: str = "auto") -> list[dict]:

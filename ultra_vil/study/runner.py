@@ -8,7 +8,7 @@ from pathlib import Path
 from ultra_vil.errors import UserError
 from ultra_vil.study.costs import COSTS_FILE, measure_study_costs, read_costs
 from ultra_vil.study.locks import claim
-from ultra_vil.study.models import file_sha, find_file, model_sha, pick_models
+from ultra_vil.study.models import file_sha, find_file, model_shas, pick_models
 from ultra_vil.study.protocol import check_settings, parse_extra, stored_path
 from ultra_vil.study.report import data_names, fmt, read_row, write_csv, write_md, write_png
 from ultra_vil.study.worker import register_vil, resolve_device, run_worker
@@ -91,7 +91,7 @@ def train_one(args, model: dict, seed: int, label: str, data: Path, device: str,
     """Claim (model, seed), train it in a job process unless its row is done, and say how it went; a failure goes
     into `failed`, a run held by another process into `busy`."""
     row_file = out / "rows" / f"{model['tag']}_seed{seed}.json"
-    yaml_sha = model_sha(Path(model["yaml"])) if model["yaml"] else "stock"
+    yaml_sha, *older = model_shas(Path(model["yaml"])) if model["yaml"] else ("stock",)
     held, holder = claim(out / "jobs" / f"{model['tag']}_seed{seed}.lock")  # before looking for the row:
     if held is None:  # another process may finish it in between
         print(f"{label}: running in another process ({holder}), skipped", flush=True)
@@ -104,7 +104,7 @@ def train_one(args, model: dict, seed: int, label: str, data: Path, device: str,
             except UserError as e:
                 print(f"warning: {e}: treated as missing, training it again", flush=True)
             else:
-                if saved.get("yaml_sha") == yaml_sha:
+                if saved.get("yaml_sha") in (yaml_sha, *older):
                     print(f"{label}: done before, skipped ({row_file.relative_to(out)})", flush=True)
                     return
                 print(f"{label}: {model['yaml']} (or its backbone weights) changed since its row was written: "
