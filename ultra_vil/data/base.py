@@ -307,3 +307,28 @@ def check_free(folder: Path, paths: list[Path]) -> None:
         issues.errors = issues.errors[:20]
         raise DatasetError(f"not written: {n} output path(s) hold files this tool did not write or lead outside "
                            f"{folder}", issues)  # fmt: skip
+
+
+def begin_output(out_dir: Path, earlier: dict | None, written: list[str], source: Path, command: str) -> dict:
+    """Make `out_dir` ready for the files `written` (paths relative to it) and record them as being written.
+
+    Checks that every path not listed in the `earlier` marker is free (`check_free`; the listed ones are checked by
+    `remove_written`), deletes the earlier output, creates `out_dir`, then writes a marker listing `written`
+    without sizes, so that a run interrupted from here on leaves an output `--overwrite` can replace.
+
+    Returns:
+        The marker's info, {"source": `source` resolved, as str; "command": `command`}, for `finish_output`.
+    """
+    ours = set(earlier["files"]) if earlier else set()
+    check_free(out_dir, [out_dir / rel for rel in written if rel not in ours])  # ours: checked by remove_written
+    if earlier:
+        remove_written(out_dir, earlier)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = dict(source=str(Path(source).resolve()), command=command)
+    write_marker(out_dir, {rel: None for rel in written}, **info)  # first: an interrupted run can be replaced
+    return info
+
+
+def finish_output(out_dir: Path, written: list[str], info: dict) -> None:
+    """Record every file of `written` (now on disk, below `out_dir`) in the marker with its `file_entry`."""
+    write_marker(out_dir, {rel: file_entry(out_dir / rel) for rel in written}, **info)

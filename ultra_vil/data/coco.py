@@ -119,17 +119,45 @@ def _read_file(
     supers: set[str],
     issues: Issues,
 ) -> list[Sample]:
+    """The samples of one COCO JSON file, in 'images' order; problems go to `issues`.
+
+    `categories` (id -> name), `used` (ids with an annotation) and `supers` (supercategory names) are shared by
+    all the files of a source and filled in here: this file's categories are read first, so its annotations may
+    name categories defined here or in a file read before.
+    """
+    loaded = _load_json(path, issues)
+    if loaded is None:
+        return []
+    data, text = loaded
+    line = _Lines(path, text)
+    _read_categories(path, data, line, categories, supers, issues)
+    by_id, samples = _read_images(path, root, split, finder, data, line, issues)
+    _read_annotations(path, data, line, by_id, categories, used, issues)
+    return samples
+
+
+def _load_json(path: Path, issues: Issues) -> tuple[dict, str] | None:
+    """(parsed JSON, its text) of a file that looks like COCO detection annotations, else None (an error)."""
     text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         issues.error(path, e.lineno, f"malformed JSON: {e.msg} (column {e.colno})")
-        return []
+        return None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or "annotations" not in data:
         issues.error(path, 1, "not COCO detection annotations: expected 'images', 'annotations' and 'categories'")
-        return []
-    line = _Lines(path, text)
+        return None
+    return data, text
 
+
+def _read_categories(
+    path: Path, data: dict, line: _Lines, categories: dict[int, str], supers: set[str], issues: Issues
+) -> None:
+    """Add the file's 'categories' to `categories` (id -> name) and their supercategory names to `supers`.
+
+    A category without a valid id and name, or whose id another file (or entry) gave another name, is an error
+    and is skipped; a file that leaves `categories` empty is an error.
+    """
     for i, cat in enumerate(data.get("categories") or []):
         try:
             cid, name = int(cat["id"]), str(cat["name"]).strip()
@@ -147,6 +175,17 @@ def _read_file(
     if not categories:
         issues.error(path, 1, "no 'categories': cannot name the classes")
 
+
+def _read_images(
+    path: Path, root: Path, split: str | None, finder: ImageFinder, data: dict, line: _Lines, issues: Issues
+) -> tuple[dict[Any, Sample], list[Sample]]:
+    """(image id -> sample, the samples in 'images' order) of the file's 'images', still without boxes.
+
+    Each image is looked up (`finder`) beside the JSON, in `images/<split>/`, `<split>/`, `images/`, then below
+    the source; its size is read from the image file. An entry without id and file_name, a repeated id, an image
+    not found (or refused) or unreadable is an error and gives no sample; an image outside the source (let in by
+    allow_outside_src) or a declared width/height that differs from the file's is a warning.
+    """
     by_id: dict[Any, Sample] = {}
     samples = []
     near = [path.parent] + ([root / "images" / split, root / split] if split else []) + [root / "images"]
@@ -176,7 +215,24 @@ def _read_file(
         sample = Sample(image, width, height, path, functools.partial(line, "images", i), split=split)
         by_id[im["id"]] = sample
         samples.append(sample)
+    return by_id, samples
 
+
+def _read_annotations(
+    path: Path,
+    data: dict,
+    line: _Lines,
+    by_id: dict[Any, Sample],
+    categories: dict[int, str],
+    used: set[int],
+    issues: Issues,
+) -> None:
+    """Append a `Box` to its sample (`by_id`) for each annotation of the file, adding its category id to `used`.
+
+    Crowd annotations are skipped. One that is not an object, names an image id not in 'images' or a category
+    not in `categories`, or whose bbox is not four numbers or is empty, is an error and gives no box; one whose
+    image entry was itself an error is skipped silently (that error was reported).
+    """
     for i, ann in enumerate(data["annotations"] or []):
         if not isinstance(ann, dict):
             issues.error(path, line("annotations", i), "annotation is not an object")
@@ -203,4 +259,3 @@ def _read_file(
             continue
         used.add(cid)
         sample.boxes.append(Box(categories[cid], x, y, x + w, y + h, functools.partial(line, "annotations", i)))
-    return samples

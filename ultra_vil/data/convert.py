@@ -24,11 +24,9 @@ from ultra_vil.data.base import (  # Box, Sample and MARKER are also imported fr
     MARKER,
     Box,
     Sample,
-    check_free,
+    begin_output,
     check_out_dir,
-    file_entry,
-    remove_written,
-    write_marker,
+    finish_output,
     yolo_row,
 )
 from ultra_vil.data.issues import DatasetError, Issues, resolve_line
@@ -100,8 +98,34 @@ def write_yolo(
     issues = issues if issues is not None else Issues()
     if not samples and not issues.errors:
         raise DatasetError(f"no annotated images found in {src_root}")
-    index = {n: i for i, n in enumerate(names)}
-    seen: dict[Path, Sample] = {}
+    rows = _label_rows(samples, names, issues)
+    if issues.errors:
+        raise DatasetError(f"not converted: the annotations in {src_root} have errors (nothing was written)", issues)
+
+    splits = _assign_splits(samples, list(rows), src_root, val_fraction, seed, issues)
+    _warn_unused(samples, names, src_root, issues)
+
+    # --- plan every output path, then write (nothing above touched the file system)
+    plan = _plan_paths(samples, rows, splits)
+    written = [rel for _, _, im, lab in plan for rel in (im, lab)] + ["data.yaml"]
+    info = begin_output(out_dir, earlier, written, Path(src_root), "convert")
+    images, boxes, backgrounds = _write_pairs(out_dir, plan, samples, rows, link)
+    data_yaml = out_dir / "data.yaml"
+    header = _yaml_header(description, src_root, out_dir, data_yaml)
+    dump_data_yaml(data_yaml, names, {s: f"images/{s}" for s in images}, header)
+    finish_output(out_dir, written, info)
+    return Converted(data_yaml, list(names), images, boxes, backgrounds, issues)
+
+
+def _label_rows(samples: list[Sample], names: list[str], issues: Issues) -> dict[int, list[str]]:
+    """The YOLO label rows of every sample kept: sample index -> rows (`yolo_row` strings, one per box).
+
+    A sample whose image an earlier sample already describes is left out (an error naming both places). A box is
+    clipped to its image (a warning); one of a class not in `names`, or one left empty by clipping, is an error and
+    gets no row. Errors and warnings go to `issues`.
+    """
+    index = {n: i for i, n in enumerate(names)}  # class name -> class id
+    seen: dict[Path, Sample] = {}  # image -> the sample that first describes it
     rows: dict[int, list[str]] = {}  # sample index -> label rows
     for k, s in enumerate(samples):
         if s.image in seen:
@@ -128,30 +152,44 @@ def write_yolo(
             if (x1, y1, x2, y2) != (b.x1, b.y1, b.x2, b.y2):
                 issues.warn(s.source, b.line, f"box clipped to the {s.width}x{s.height} image")
             rows[k].append(yolo_row(index[b.name], x1, y1, x2, y2, s.width, s.height))
-    if issues.errors:
-        raise DatasetError(f"not converted: the annotations in {src_root} have errors (nothing was written)", issues)
+    return rows
 
-    splits = _assign_splits(samples, list(rows), src_root, val_fraction, seed, issues)
+
+def _warn_unused(samples: list[Sample], names: list[str], src_root: Path, issues: Issues) -> None:
+    """A warning (on `src_root`) listing the classes of `names` that no box of `samples` has."""
     used_names = {b.name for s in samples for b in s.boxes}
     unused = [n for n in names if n not in used_names]
     if unused:
         issues.warn(src_root, None, f"{len(unused)} class(es) have no objects: {unused}")
 
-    # --- plan every output path, then write (nothing above touched the file system)
-    plan: list[tuple[str, int, str, str]] = []  # (split, sample index, image path, label path), relative to out_dir
+
+def _plan_paths(
+    samples: list[Sample], rows: dict[int, list[str]], splits: dict[int, str]
+) -> list[tuple[str, int, str, str]]:
+    """Where each kept sample goes: (split, sample index, image path, label path), paths relative to out_dir.
+
+    Split by split in `SPLITS` order, samples in index order; an image name already taken in its split gets a
+    `_1`, `_2`, ... suffix (`_unique_name`), and its label file the same stem.
+    """
+    plan: list[tuple[str, int, str, str]] = []
     for split in SPLITS:
-        taken: set[str] = set()
+        taken: set[str] = set()  # image and label file names used in this split
         for k in (k for k in rows if splits[k] == split):
             name = _unique_name(samples[k].image, taken)
             plan.append((split, k, f"images/{split}/{name}", f"labels/{split}/{Path(name).stem}.txt"))
-    written = [rel for _, _, im, lab in plan for rel in (im, lab)] + ["data.yaml"]
-    ours = set(earlier["files"]) if earlier else set()
-    check_free(out_dir, [out_dir / rel for rel in written if rel not in ours])  # ours: checked by remove_written
-    if earlier:
-        remove_written(out_dir, earlier)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info = dict(source=str(Path(src_root).resolve()), command="convert")
-    write_marker(out_dir, {rel: None for rel in written}, **info)  # first: an interrupted run can be replaced
+    return plan
+
+
+def _write_pairs(
+    out_dir: Path, plan: list[tuple[str, int, str, str]], samples: list[Sample], rows: dict[int, list[str]],
+    link: bool,
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Copy (or with `link`, symlink) each planned image and write its label file, in `plan` order.
+
+    Returns:
+        (images, boxes, backgrounds): split -> number of images, of boxes, of images without boxes, for the
+        splits that have images.
+    """
     images, boxes, backgrounds = {}, {}, {}
     for split, k, image_rel, label_rel in plan:
         s = samples[k]
@@ -166,16 +204,17 @@ def write_yolo(
         images[split] = images.get(split, 0) + 1
         boxes[split] = boxes.get(split, 0) + len(rows[k])
         backgrounds[split] = backgrounds.get(split, 0) + (not rows[k])
-    data_yaml = out_dir / "data.yaml"
-    header = (
+    return images, boxes, backgrounds
+
+
+def _yaml_header(description: str, src_root: Path, out_dir: Path, data_yaml: Path) -> str:
+    """The data YAML's header comment: `description`, where the set came from, how to check it, its layout."""
+    return (
         f"{description}\nConverted by ultra_vil.data (scripts/convert_dataset.py) from {src_root.resolve()}\n"
         f"Check with: python scripts/convert_dataset.py --check {data_yaml}\n\n"
         f"{out_dir.name}/\n  data.yaml\n  images/{{train,val}}/  image files\n"
         "  labels/{train,val}/  one .txt per image"
     )
-    dump_data_yaml(data_yaml, names, {s: f"images/{s}" for s in images}, header)
-    write_marker(out_dir, {rel: file_entry(out_dir / rel) for rel in written}, **info)
-    return Converted(data_yaml, list(names), images, boxes, backgrounds, issues)
 
 
 def _assign_splits(

@@ -6,7 +6,7 @@ import os
 import random
 from pathlib import Path
 
-from ultra_vil.data.base import check_free, check_out_dir, file_entry, remove_written, write_marker
+from ultra_vil.data.base import begin_output, check_out_dir, finish_output
 from ultra_vil.data.issues import DatasetError
 from ultra_vil.data.yolo_check import read_data_yaml
 from ultra_vil.data.yolo_format import dump_data_yaml
@@ -57,13 +57,7 @@ def split_yolo_dataset(
     val = assign_val(list(keys), val_fraction, seed)
     written = [f"{split}.txt" for split in ("train", "val", "test") if split != "test" or spec.splits.get("test")]
     written.append("data.yaml")
-    ours = set(earlier["files"]) if earlier else set()
-    check_free(out_dir, [out_dir / rel for rel in written if rel not in ours])  # ours: checked by remove_written
-    if earlier:
-        remove_written(out_dir, earlier)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info = dict(source=str(Path(data_yaml).resolve()), command="split")
-    write_marker(out_dir, {rel: None for rel in written}, **info)
+    info = begin_output(out_dir, earlier, written, Path(data_yaml), "split")
     lists = {
         "train": [im for k, im in sorted(keys.items()) if k not in val],
         "val": [im for k, im in sorted(keys.items()) if k in val],
@@ -80,5 +74,5 @@ def split_yolo_dataset(
         "The lists hold image paths relative to this folder; labels stay where they are (/images/ -> /labels/)."
     )
     dump_data_yaml(out_yaml, spec.names, {s: f"{s}.txt" for s in lists}, header)
-    write_marker(out_dir, {rel: file_entry(out_dir / rel) for rel in written}, **info)
+    finish_output(out_dir, written, info)
     return out_yaml

@@ -39,6 +39,7 @@ from ultra_vil.train.data import (
     DataError,
     EvalSampler,
     ImageFolderDataset,
+    ImageFolderIndex,
     TrainSampler,
     build_eval_transform,
     build_train_transform,
@@ -208,17 +209,36 @@ class Trainer:
     """Builds data, model, optimiser and state from `args` (and a checkpoint to resume), then `fit()`s."""
 
     def __init__(self, args: argparse.Namespace, info: D.DistInfo, progress: Progress | None = None) -> None:
+        """Set up in this order: the checkpoint to resume, the data checks, the model (seeded), the loaders, the
+        recipe, the training state (restored from the checkpoint), the compile/DDP wrappers. `args` is completed
+        in place (num_classes, img_size, patch_size, patch_stride, drop_path)."""
         self.args, self.info = args, info
         self.progress = progress if (progress and info.is_main) else _no_progress
         self.device = info.device
         self.out_dir = Path(args.out_dir)
-        resume_path = resolve_resume_path(args)
+        resume_path, resume = self._read_resume()
+        train_index, val_index = self._check_data()
+        self._build_model(resume)
+        self._build_loaders(train_index, val_index)
+        self._build_recipe()
+        self._init_state(resume, resume_path)
+        self._wrap_model()
+
+    # ---------------------------------------------------------------------------------------------- setup
+    def _read_resume(self) -> tuple[Path | None, dict | None]:
+        """(path, checkpoint) of --resume, or (None, None); a weights-only file (no optimizer state) is refused."""
+        resume_path = resolve_resume_path(self.args)
         resume = train_state.load(resume_path) if resume_path else None
         if resume is not None and "optimizer" not in resume:
             raise ArgumentError(f"--resume {resume_path} holds weights only (a best.pt?): resume from last.pt, or "
                                 f"start a new run from it with --finetune")
+        return resume_path, resume
 
-        # data: every check that can fail runs before the model is built
+    def _check_data(self) -> tuple[ImageFolderIndex, ImageFolderIndex]:
+        """Scan <data>/train and <data>/val and check their classes (against each other, --num-classes and the
+        class count) before the model is built: every data check that can fail runs first. Sets `classes` and
+        fills in args.num_classes; returns the (train, val) indexes of `scan_image_folder`."""
+        args = self.args
         train_index = scan_image_folder(args.data, "train")
         val_index = scan_image_folder(args.data, "val")
         check_same_classes(train_index.classes, val_index.classes, train_index.root, val_index.root)
@@ -231,8 +251,15 @@ class Trainer:
                 f"{len(self.classes)} class folders"
             )
         check_class_count(self.classes, train_index.root, getattr(args, "allow_single_class", False))
+        return train_index, val_index
 
-        # model: seeded before construction, so every process (and a rerun) starts from the same weights
+    def _build_model(self, resume: dict | None) -> None:
+        """`raw`, the unwrapped VisionLSTM on the device: seeded before construction, so every process (and a
+        rerun) starts from the same weights, then initialised from --finetune if given (not when resuming).
+
+        The geometry a resumed run leaves unset comes from the checkpoint's config; args.img_size, patch_size and
+        drop_path are set to what the model uses."""
+        args = self.args
         if resume is not None:
             for key in ("img_size", "patch_size", "patch_stride"):
                 if getattr(args, key) is None:
@@ -256,7 +283,10 @@ class Trainer:
             self._load_finetune(args.finetune, finetune[0])
         self.raw.to(self.device)
 
-        # data loaders
+    def _build_loaders(self, train_index: ImageFolderIndex, val_index: ImageFolderIndex) -> None:
+        """The sampler, the train and val loaders (uint8 (B, 3, H, W) batches) and the unreadable-file logs;
+        `steps_per_epoch` and `epoch_images` (images one epoch draws over all ranks) come from the sampler."""
+        args, info = self.args, self.info
         self.sampler = TrainSampler(len(train_index), args.batch_size, info.rank, info.world_size, args.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.epoch_images = self.steps_per_epoch * args.batch_size
@@ -270,7 +300,10 @@ class Trainer:
         self.train_bad = BadFileLog("train", args.max_bad_fraction)
         self.val_bad = BadFileLog("val", args.max_bad_fraction)
 
-        # recipe
+    def _build_recipe(self) -> None:
+        """The recipe: peak lr (--lr per 1024 images of batch), AdamW, the warmup-cosine schedule (in steps), the
+        fp16 grad scaler, mixup/cutmix and, with --ema > 0, the EMA of the weights."""
+        args = self.args
         self.peak_lr = args.lr * args.batch_size / 1024
         self.optimizer = build_optimizer(
             self.raw, self.peak_lr, args.weight_decay, args.betas, args.layer_decay, fused=self.device.type == "cuda"
@@ -283,18 +316,22 @@ class Trainer:
         self.mixup = Mixup(args.num_classes, args.mixup, args.cutmix, args.smoothing)
         self.ema = ModelEma(self.raw, args.ema) if args.ema > 0 else None
 
-        # state
+    def _init_state(self, resume: dict | None, resume_path: Path | None) -> None:
+        """The loop's state: a new run's (epoch 0, step 0, no history), then the checkpoint's when resuming."""
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.best_top1, self.history = -1.0, []
         self.partial = dict(loss_sum=0.0, count=0)  # running sums of an epoch a step checkpoint cut in two
         if resume is not None:
             self._load_resume(resume, resume_path)
 
-        # wrappers: compile, then DDP for training; evaluation uses the compiled module without DDP (ranks see
-        # different numbers of val batches, and DDP's forward would wait for the others)
-        self.model = torch.compile(self.raw) if args.compile else self.raw
+    def _wrap_model(self) -> None:
+        """`model` (compiled with --compile, else `raw`) and `train_model` (`model` under DDP when distributed).
+
+        Evaluation uses `model` without DDP: ranks see different numbers of val batches, and DDP's forward would
+        wait for the others."""
+        self.model = torch.compile(self.raw) if self.args.compile else self.raw
         self.train_model = self.model
-        if info.distributed:
+        if self.info.distributed:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False, gradient_as_bucket_view=True,
