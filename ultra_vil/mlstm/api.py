@@ -55,6 +55,40 @@ def mlstm(
         TypeError: A tensor argument (or initial_state part) that is not floating point.
         RuntimeError: backend="triton" where the kernel cannot run (no triton, or not CUDA / TRITON_INTERPRET=1).
     """
+    _check_inputs(q, k, v, igate, fgate, backend, chunk_size, initial_state)
+    B, NH, S, DK = q.shape
+    DV = v.shape[-1]
+    if backend == "auto":
+        backend = select_backend(S, q.device, q.dtype, B)
+    if backend == "triton":
+        return _triton(q, k, v, igate, fgate, chunk_size, eps, initial_state, return_state, reverse)
+
+    # matmuls in the inputs' dtype when q, k, v share a half-precision one (float32 accumulation); gates, sums,
+    # stabilisers, normaliser and states in float32 (float64 stays float64)
+    acc = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
+    mm = q.dtype if q.dtype in (torch.bfloat16, torch.float16) and q.dtype == k.dtype == v.dtype else acc
+    with torch.autocast(q.device.type, enabled=False):
+        i_ = igate.to(acc)
+        logf = log_forget_gate(fgate.to(acc))  # (B, NH, S)
+        state = _initial_state(initial_state, (B, NH, DK, DV), acc)
+        if S == 0:  # nothing to scan: empty output, state unchanged
+            h = v.new_zeros(B, NH, 0, DV)
+            last = state if state is not None else empty_state(B, NH, DK, DV, dtype=acc, device=q.device)
+        elif backend == "recurrent":
+            q_, k_, v_ = (t.to(acc) for t in (q, k, v))
+            k_ = k_ * (1.0 / math.sqrt(DK))  # the key scaling of the contract
+            h, last = _recurrent(q_, k_, v_, i_, logf, state, eps, reverse)
+            h = h.to(v.dtype)
+        else:
+            q_, k_, v_ = (t.to(mm) for t in (q, k, v))
+            k_, v_, i_ = _sanitize(k_, v_, i_)
+            L = S if backend == "parallel" else fit_chunk(S, chunk_size)  # the quadratic form is one chunk
+            h, last = _scan(q_, k_, v_, i_, logf, state, eps, L, reverse, v.dtype, return_state)
+    return (h, last) if return_state else h
+
+
+def _check_inputs(q, k, v, igate, fgate, backend: str, chunk_size, initial_state) -> None:
+    """The argument checks of `mlstm`: backend name, shapes, chunk size, floating-point dtypes."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown mLSTM backend {backend!r}; expected one of {BACKENDS}")
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
@@ -72,44 +106,20 @@ def mlstm(
     _require_floating(q=q, k=k, v=v, igate=igate, fgate=fgate)
     if initial_state is not None:
         _require_floating(**{f"initial_state {name}": t for name, t in zip("Cnm", initial_state)})
-    B, NH, S, DK = q.shape
-    DV = v.shape[-1]
-    if backend == "auto":
-        backend = select_backend(S, q.device, q.dtype, B)
-    if backend == "triton":
-        return _triton(q, k, v, igate, fgate, chunk_size, eps, initial_state, return_state, reverse)
 
-    # matmuls in the inputs' dtype when q, k, v share a half-precision one (float32 accumulation); gates, sums,
-    # stabilisers, normaliser and states in float32 (float64 stays float64)
-    acc = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
-    mm = q.dtype if q.dtype in (torch.bfloat16, torch.float16) and q.dtype == k.dtype == v.dtype else acc
-    with torch.autocast(q.device.type, enabled=False):
-        i_ = igate.to(acc)
-        logf = log_forget_gate(fgate.to(acc))  # (B, NH, S)
-        if initial_state is None:
-            state = None
-        else:
-            C0, n0, m0 = initial_state
-            if C0.shape != (B, NH, DK, DV) or n0.shape != (B, NH, DK) or m0.shape != (B, NH):
-                raise ValueError(
-                    f"initial_state must be C {(B, NH, DK, DV)}, n {(B, NH, DK)}, m {(B, NH)}; got "
-                    f"{tuple(C0.shape)}, {tuple(n0.shape)}, {tuple(m0.shape)}"
-                )
-            state = MLSTMState(C0.to(acc), n0.to(acc), m0.to(acc))
-        if S == 0:  # nothing to scan: empty output, state unchanged
-            h = v.new_zeros(B, NH, 0, DV)
-            last = state if state is not None else empty_state(B, NH, DK, DV, dtype=acc, device=q.device)
-        elif backend == "recurrent":
-            q_, k_, v_ = (t.to(acc) for t in (q, k, v))
-            k_ = k_ * (1.0 / math.sqrt(DK))  # the key scaling of the contract
-            h, last = _recurrent(q_, k_, v_, i_, logf, state, eps, reverse)
-            h = h.to(v.dtype)
-        else:
-            q_, k_, v_ = (t.to(mm) for t in (q, k, v))
-            k_, v_, i_ = _sanitize(k_, v_, i_)
-            L = S if backend == "parallel" else fit_chunk(S, chunk_size)  # the quadratic form is one chunk
-            h, last = _scan(q_, k_, v_, i_, logf, state, eps, L, reverse, v.dtype, return_state)
-    return (h, last) if return_state else h
+
+def _initial_state(initial_state, shape: tuple[int, int, int, int], acc: torch.dtype) -> MLSTMState | None:
+    """The caller's (C, n, m) checked against (B, NH, DK, DV) and cast to the compute dtype; None stays None."""
+    if initial_state is None:
+        return None
+    B, NH, DK, DV = shape
+    C0, n0, m0 = initial_state
+    if C0.shape != (B, NH, DK, DV) or n0.shape != (B, NH, DK) or m0.shape != (B, NH):
+        raise ValueError(
+            f"initial_state must be C {(B, NH, DK, DV)}, n {(B, NH, DK)}, m {(B, NH)}; got "
+            f"{tuple(C0.shape)}, {tuple(n0.shape)}, {tuple(m0.shape)}"
+        )
+    return MLSTMState(C0.to(acc), n0.to(acc), m0.to(acc))
 
 
 def _triton(q, k, v, igate, fgate, chunk_size, eps, initial_state, return_state, reverse):

@@ -246,6 +246,13 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh, dC_fin, dn_fin, dm_fin):
+        """The gradients of forward's inputs from those of h and the final state.
+
+        Long (about 90 lines) on purpose: one pass of the reverse-mode formulas, kept in the order of the forward's
+        steps (chunk gates, inter-chunk states, intra-chunk matrices recomputed, then q/k/v/gate gradients) so
+        that each line can be checked against its forward line; split into helpers it would pass a dozen tensors
+        between them. Tested against the float64 recurrence's autograd gradients.
+        """
         qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t, *kept = ctx.saved_tensors
         eps, reverse, skip, has_state = ctx.eps, ctx.reverse, ctx.skip, ctx.has_state
         B, NH, NC, L, DK = qc.shape

@@ -280,6 +280,9 @@ def mlstm_triton(
 ):
     """The mLSTM of ultra_vil.mlstm (`mlstm(...)` with backend="triton") as fused Triton kernels.
 
+    Long (about 90 lines) because about half of it is this docstring, the public contract of the backend; the code
+    is argument checks, the layout of the kernels' inputs and one call of the autograd Function.
+
     Args:
         q, k: Queries and keys, (B, NH, S, DK); k is scaled by 1/sqrt(DK) here, as in the contract.
         v: Values, (B, NH, S, DV).

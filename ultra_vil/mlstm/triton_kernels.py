@@ -13,7 +13,14 @@ triton = tl = None  # set by _kernels() on first use
 
 @functools.lru_cache(maxsize=2)
 def _kernels(interpret: bool):
-    """Build the four kernels (keyed on interpreter mode: triton.jit picks interpreter or compiler when called)."""
+    """Build the four kernels (keyed on interpreter mode: triton.jit picks interpreter or compiler when called).
+
+    Long (the whole file) because triton.jit kernels must be defined where `tl` resolves, and the four kernels are
+    defined here together after the one lazy import of triton. Each kernel is one GPU program (a chunk's states,
+    its outputs, and their two backward passes); `_bwd_chunk` is long because it computes the dq, dk, dv of one
+    chunk in registers, which is what fusing means; split into device functions it would pass the same dozen
+    tiles. Each kernel is tested against the float64 recurrence under TRITON_INTERPRET=1.
+    """
     # the kernels resolve `tl` through this module's globals, as triton.jit requires
     global triton, tl
     import triton
