@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ultra_vil import create_model, load_checkpoint, save_checkpoint
-from ultra_vil.classifier import POOLINGS, VARIANTS
+from ultra_vil.classifier import POOLINGS, VARIANTS, VisionLSTM
 
 REFERENCE_PARAMS = {"vil_t": 6_390_760, "vil_s": 23_397_160, "vil_b": 89_260_456}  # VisionLSTM2, legacy_norm=False
 
@@ -100,3 +100,33 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     bigger = load_checkpoint(path, img_size=64)  # fine-tune at another resolution: pos embed resized
     assert bigger.pos_embed.shape == (1, 4, 4, 32)
     assert torch.isfinite(bigger(torch.randn(1, 3, 64, 64))).all()
+
+
+def test_presets_name_their_released_weights():
+    """The preset registry knows each released file, so a file of another preset is refused by name."""
+    from ultra_vil.presets import PRESETS, release_of
+
+    assert [w.file for w in PRESETS["vil_t"].weights] == ["vil2_tiny16_e800_in1k.th", "vil2_tiny16_e400_in1k.th"]
+    preset, release = release_of("/somewhere/vil2_small16_e400_in1k.th")
+    assert preset.name == "vil_s" and release.top1 == 81.5 and release.url.endswith("/vil2_small16_e400_in1k.th")
+    assert release_of("my_finetune.pt") is None
+    with pytest.raises(ValueError, match="is the released vil_b: create_model\\('vil_b'"):
+        create_model("vil_t", pretrained="vil2_base16_e400_in1k.th")  # refused before the file is read
+
+
+def test_config_dataclass_round_trips_the_checkpoint_dict():
+    """VisionLSTMConfig reads a checkpoint's plain config dict and writes the dict a model records; a model rebuilt
+    from a checkpoint's dict keeps that dict as it was (older keys and the preset name included)."""
+    from ultra_vil.classifier import VisionLSTMConfig, build_from_config
+
+    for name, kw in [("vil_t", {}), ("vim_t", {}), ("vil_t", {"backend": "chunkwise", "chunk_size": 32})]:
+        model = create_model(name, num_classes=3, img_size=32, **kw)
+        config = VisionLSTMConfig.from_dict(model.config)
+        assert config.name == name and VisionLSTMConfig.from_dict(config.to_dict()) == config
+        assert {**VisionLSTMConfig.defaults(), **model.config} == {**VisionLSTMConfig.defaults(), **config.to_dict()}
+        rebuilt = VisionLSTM(**config.kwargs())
+        assert rebuilt.config == {k: v for k, v in config.to_dict().items() if k != "name"}
+        assert build_from_config(model.config).config == model.config
+        assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    assert "mixer" not in VisionLSTMConfig().to_dict() and VisionLSTMConfig(mixer="vim").to_dict()["mixer"] == "vim"
+    assert VisionLSTMConfig.from_dict({"img_size": [32, 48]}).img_size == (32, 48)

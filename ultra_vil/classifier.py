@@ -13,6 +13,7 @@ pretrained="vil2_tiny16_e800_in1k.th")` (names mapped by `ultra_vil.checkpoints`
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -21,22 +22,64 @@ from torch import Tensor, nn
 from ultra_vil import checkpoints
 from ultra_vil.checkpoints import interpolate_pos_embed
 from ultra_vil.layers import LayerNorm, no_decay_names
+from ultra_vil.presets import PRESETS, release_of
 from ultra_vil.vil import TRAVERSALS, ViLStack
 
-# dim, blocks and the drop-path rate of the paper's training recipes (src/vislstm/yamls of NX-AI/vision-lstm)
-VARIANTS = {
-    "vil_t": dict(dim=192, num_blocks=24, drop_path=0.0),
-    "vil_t_plus": dict(dim=192, num_blocks=29, drop_path=0.0),
-    "vil_s": dict(dim=384, num_blocks=24, drop_path=0.05),
-    "vil_s_plus": dict(dim=384, num_blocks=26, drop_path=0.05),
-    "vil_b": dict(dim=768, num_blocks=24, drop_path=0.2),
-    # the seeds' other mixers at ViL-T width, patch 16 (issue 13), with their papers' pooling; one Sequencer2D block
-    # or two Vim blocks per ViL block pair, as in ultra_vil/yolo/modules.py: 12 blocks / 24 blocks (Vim-Ti's depth)
-    "sequencer_t": dict(dim=192, num_blocks=12, drop_path=0.0, mixer="sequencer", pooling="mean"),
-    "vim_t": dict(dim=192, num_blocks=24, drop_path=0.0, mixer="vim", pooling="middle_cls"),
-}
+VARIANTS = {name: preset.architecture() for name, preset in PRESETS.items()}  # name -> VisionLSTM keywords
 MIXERS = ("vil", "sequencer", "vim")  # ViL; Sequencer2D blocks (ultra_vil.sequencer); Vim blocks (ultra_vil.vim)
 POOLINGS = ("bilateral_concat", "bilateral_avg", "mean", "middle_patch", "middle_cls")
+
+
+@dataclass
+class VisionLSTMConfig:
+    """VisionLSTM's arguments as one value (the fields are `VisionLSTM`'s arguments; see there).
+
+    `to_dict()` is the plain dict a checkpoint stores (`model.config`): the fields in order, `layer_kw` flattened
+    into it, `mixer` only when it is not ViL (so ViL checkpoints hold the keys they always held) and `name` (the
+    preset) first when set. `from_dict` reads such a dict back: unknown keys become `layer_kw`.
+    """
+
+    dim: int = 192
+    num_blocks: int = 24
+    num_classes: int = 1000
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    patch_stride: int | None = None
+    in_chans: int = 3
+    pooling: str = "bilateral_concat"
+    drop_path: float = 0.0
+    traversal: str = "alternating"
+    checkpoint: bool = False
+    legacy_norm: bool = False
+    mixer: str = "vil"
+    layer_kw: dict = field(default_factory=dict)  # passed to every layer: backend, chunk_size, ...
+    name: str | None = None  # the preset it was built from
+
+    @classmethod
+    def from_dict(cls, config: dict) -> VisionLSTMConfig:
+        known = {f.name for f in fields(cls)} - {"layer_kw"}
+        kw = {k: v for k, v in config.items() if k in known}
+        if isinstance(kw.get("img_size"), list):  # YAML and JSON give lists
+            kw["img_size"] = tuple(kw["img_size"])
+        return cls(**kw, layer_kw={k: v for k, v in config.items() if k not in known})
+
+    def kwargs(self) -> dict:
+        """The keywords of `VisionLSTM(**...)`."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("layer_kw", "name")}
+        return {**out, **self.layer_kw}
+
+    def to_dict(self) -> dict:
+        out = {} if self.name is None else {"name": self.name}
+        out.update({k: v for k, v in asdict(self).items() if k not in ("layer_kw", "name", "mixer")})
+        out.update(self.layer_kw)
+        if self.mixer != "vil":
+            out["mixer"] = self.mixer
+        return out
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every field's default (mixer included): the keys a checkpoint of any version can be compared on."""
+        return {k: v for k, v in asdict(cls()).items() if k not in ("layer_kw", "name")}
 
 
 class VisionLSTM(nn.Module):
@@ -82,13 +125,11 @@ class VisionLSTM(nn.Module):
         **layer_kw,
     ) -> None:
         super().__init__()
-        self._config = dict(
+        self._config = VisionLSTMConfig(
             dim=dim, num_blocks=num_blocks, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
             patch_stride=patch_stride, in_chans=in_chans, pooling=pooling, drop_path=drop_path, traversal=traversal,
-            checkpoint=checkpoint, legacy_norm=legacy_norm, **layer_kw,
-        )
-        if mixer != "vil":  # recorded only when set, so ViL configs (and their checkpoints) stay as they were
-            self._config["mixer"] = mixer
+            checkpoint=checkpoint, legacy_norm=legacy_norm, mixer=mixer, layer_kw=layer_kw,
+        ).to_dict()
         if mixer not in MIXERS:
             raise ValueError(f"unknown mixer {mixer!r}; expected one of {MIXERS}")
         if mixer == "sequencer" and pooling == "middle_cls":
@@ -220,7 +261,8 @@ def create_model(
     pretrained: str | Path | None = None,
     **kwargs,
 ) -> VisionLSTM:
-    """Build a preset of `VARIANTS` (vil_t, vil_t_plus, vil_s, vil_s_plus, vil_b; sequencer_t, vim_t).
+    """Build a preset of `ultra_vil.presets.PRESETS` (vil_t, vil_t_plus, vil_s, vil_s_plus, vil_b; sequencer_t,
+    vim_t).
 
     drop_path None keeps the preset's rate, pooling None the preset's pooling (bilateral_concat for ViL). Other
     keywords of `VisionLSTM` (dim, num_blocks, checkpoint, backend, chunk_size, ...) override the preset; everything
@@ -228,10 +270,14 @@ def create_model(
 
     `pretrained` is a weights file: an ultra-vil checkpoint, a VisionLSTM2 state dict (torch.hub names) or a
     released `.th` file (`legacy_norm=True` for those). Tensors are matched by name (`ultra_vil.checkpoints`), the
-    position embedding is resized to `img_size`, and a head for another number of classes is dropped (logged).
+    position embedding is resized to `img_size`, and a head for another number of classes is dropped (logged). A
+    released file of another preset (by its name, `PRESETS[...].weights`) is a ValueError naming the right one.
     """
-    if name not in VARIANTS:
-        raise ValueError(f"unknown ViL preset {name!r}; expected one of {tuple(VARIANTS)}")
+    if name not in PRESETS:
+        raise ValueError(f"unknown ViL preset {name!r}; expected one of {tuple(PRESETS)}")
+    release = release_of(pretrained) if pretrained is not None else None
+    if release is not None and release[0].name != name:
+        raise ValueError(f"{pretrained} is the released {release[0].name}: create_model({release[0].name!r}, ...)")
     preset = {**VARIANTS[name], **kwargs}  # keyword overrides (dim, num_blocks, backend, ...) win over the preset
     if drop_path is not None:
         preset["drop_path"] = drop_path
@@ -240,7 +286,7 @@ def create_model(
     config = dict(
         name=name, num_classes=num_classes, img_size=img_size, patch_size=patch_size, patch_stride=patch_stride,
         pooling=pooling, traversal=traversal, legacy_norm=legacy_norm, **preset,
-    )
+    )  # this order is the one checkpoints hold
     model = build_from_config(config)
     if pretrained is not None:
         checkpoints.load_pretrained(model, pretrained)
@@ -249,10 +295,7 @@ def create_model(
 
 def build_from_config(config: dict) -> VisionLSTM:
     """Rebuild a model from the plain config stored in its checkpoint."""
-    kw = {k: v for k, v in config.items() if k != "name"}
-    if isinstance(kw.get("img_size"), list):
-        kw["img_size"] = tuple(kw["img_size"])
-    model = VisionLSTM(**kw)
+    model = VisionLSTM(**VisionLSTMConfig.from_dict(config).kwargs())
     model._config = dict(config)  # keeps the preset name (and keys of older checkpoints) beside the arguments
     return model
 

@@ -16,7 +16,6 @@ uninterrupted run would have done: on CPU the final weights are bit-identical.
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import math
 import platform
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from ultra_vil import checkpoints
-from ultra_vil.classifier import VisionLSTM, create_model
+from ultra_vil.classifier import VisionLSTMConfig, create_model
 from ultra_vil.errors import ArgumentError, NonFiniteLossError
 from ultra_vil.train import train_state
 from ultra_vil.train import distributed as D
@@ -224,8 +223,7 @@ class Trainer:
         LOGGER.info("finetune: initialised from %s", path)
 
     def _load_resume(self, ckpt: dict, path: Path) -> None:
-        defaults = {k: p.default for k, p in inspect.signature(VisionLSTM).parameters.items()
-                    if p.default is not inspect.Parameter.empty}  # keys older checkpoints lack (legacy_norm)
+        defaults = VisionLSTMConfig.defaults()  # keys older checkpoints lack (legacy_norm)
         ours = {k: v for k, v in {**defaults, **self.raw.config}.items() if k not in MODEL_KEYS_IGNORED_ON_RESUME}
         theirs = {k: v for k, v in {**defaults, **ckpt["config"]}.items() if k not in MODEL_KEYS_IGNORED_ON_RESUME}
         differ = sorted(k for k in set(ours) | set(theirs) if _norm(ours.get(k)) != _norm(theirs.get(k)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -57,7 +58,7 @@ class ViLBackbone(YOLOModule):
     ) -> None:
         super().__init__()
         from ultra_vil import checkpoints  # scope: the classifier side is needed only by this module
-        from ultra_vil.classifier import VARIANTS, VisionLSTM
+        from ultra_vil.classifier import VARIANTS, VisionLSTM, VisionLSTMConfig
 
         name = type(self).__name__
         if preset not in VARIANTS:
@@ -76,23 +77,19 @@ class ViLBackbone(YOLOModule):
             raise ViLArgumentError(name, "weights", weights, 'a file path, or "" for random init')
         weights = "" if weights is None or str(weights).lower() in ("", "none") else str(weights)
 
-        config = dict(VARIANTS[preset])
+        config = VisionLSTMConfig.from_dict(VARIANTS[preset])
         state = fmt = None
         if weights:
             path = Path(weights).expanduser()
             state, ckpt_config, fmt = checkpoints.read_weights(path)
             if ckpt_config is not None:  # our own checkpoint: its architecture, whatever the preset says
-                keep = ("dim", "num_blocks", "img_size", "patch_size", "patch_stride", "in_chans", "pooling",
-                        "traversal")  # fmt: skip
-                layer_kw = {k: v for k, v in ckpt_config.items() if k not in keep and k not in _NOT_LAYER_KEYS}
-                config = {**{k: ckpt_config[k] for k in keep if k in ckpt_config}, **layer_kw}
-        config.update(num_classes=0, drop_path=drop_path, checkpoint=checkpoint, legacy_norm=False)
-        if isinstance(config.get("img_size"), list):
-            config["img_size"] = tuple(config["img_size"])
-        stride = config.get("patch_stride") or config.get("patch_size", 16)
+                config = VisionLSTMConfig.from_dict(ckpt_config)
+        # a trunk: no head, no legacy norm; drop path and activation checkpointing are this module's
+        config = replace(config, num_classes=0, drop_path=drop_path, checkpoint=checkpoint, legacy_norm=False)
+        stride = config.patch_stride or config.patch_size
         if stride != 16:
             raise ViLArgumentError(name, "weights", weights, f"a trunk with patch stride 16 (this one has {stride})")
-        self.trunk = VisionLSTM(**config)
+        self.trunk = VisionLSTM(**config.kwargs())
         if state is not None:
             checkpoints.load_weights(self.trunk, state, weights, ignore=("head.", "legacy_norm."))
         self.preset, self.c2, self.weights, self.weights_format = preset, list(channels), weights, fmt
@@ -108,6 +105,3 @@ class ViLBackbone(YOLOModule):
         x = self.trunk.forward_features(x, as_map=True)  # (B, D, H/16, W/16)
         return [self.p3(x), self.p4(x), self.p5(x)]  # (B, c3, H/8, W/8), (B, c4, H/16, W/16), (B, c5, H/32, W/32)
 
-
-# config keys of a classifier checkpoint that are VisionLSTM arguments but not trunk choices a backbone keeps
-_NOT_LAYER_KEYS = ("name", "num_classes", "drop_path", "checkpoint", "legacy_norm")
