@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -68,15 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-direct", action="store_true", help="skip the direct 640 px FLOP count (faster)")
     parser.add_argument("--summaries", action="store_true", help="also print each YAML's per-scale summary lines")
     args = parser.parse_args(argv)
-    from ultra_vil.study import scaled_model
+    from ultra_vil.study.models import generation_of, scaled_model
 
     cfgs = [c.resolve() for c in args.cfg] if args.cfg else sorted((ROOT / "cfg").glob("yolov8-vil*.yaml"))
     for cfg in cfgs:
         if not cfg.is_file():
             raise SystemExit(f"error: --cfg {cfg}: file not found")
+        if generation_of(cfg.stem) is None:
+            raise SystemExit(f"error: --cfg {cfg}: the name must start with a YOLO generation (e.g. yolov8-vil.yaml)")
     # the stock model of every generation in use (yolo11-vil.yaml -> yolo11), then each YAML at each scale, scaled
     # by Ultralytics' name rule (yolo11-vil.yaml -> yolo11s-vil.yaml), as compare.py does
-    gens = list(dict.fromkeys(re.match(r"yolo(?:e-)?v?\d+", c.stem).group(0) for c in cfgs))
+    gens = list(dict.fromkeys(generation_of(c.stem) for c in cfgs))
     rows = [(f"stock {g}", s, describe(f"{g}{s}.yaml", not args.no_direct)) for g in gens for s in args.scales]
     for cfg in cfgs:
         for s in args.scales:

@@ -1,7 +1,7 @@
 """ViL block pair vs a transformer block (and vs the ViL code of another checkout): time, memory, profile.
 
     python scripts/profile_vil.py                               # 400 / 1600 / 6400 tokens, fwd+bwd, batch 1
-    python scripts/profile_vil.py --baseline-src /work/baseline-3c73528   # + that checkout's ViLBlockPair
+    python scripts/profile_vil.py --baseline-src ../ultra-vil-0.1.0        # + that checkout's ViLBlockPair
     python scripts/profile_vil.py --profile 1600                # torch.profiler table of our pair, by self CPU
     python scripts/profile_vil.py --yolo                        # stock YOLOv8n vs cfg/yolov8n-vil.yaml at 640
 
@@ -11,7 +11,7 @@ a mask ViL does not have), and optionally `ViLBlockPair(dim)` of `--baseline-src
 mlstm.py ("base"). Each round runs every model once (A, B, C, A, B, C, ...) in this one process, so slow
 phases of a shared machine hit all of them alike; the table gives min and median over rounds, and ratios of
 the mins and of the medians. Peak memory: torch's own allocations during one extra fwd+bwd (parameter
-gradients included), from `peak_mem_mb` of the package's measuring module.
+gradients included), from `ultra_vil.bench.memory.peak_mem_mb`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ultra_vil.bench.memory import peak_mem_mb
 from ultra_vil.vil import ViLBlockPair
-
-try:  # the package's one measuring module (issue 9); older checkouts keep it in ultra_vil.benchmark
-    from ultra_vil.measure import peak_mem_mb
-except ImportError:  # pragma: no cover
-    from ultra_vil.benchmark import peak_mem_mb
 
 
 def load_baseline_pair(src: Path, own_cell: bool = True) -> type[nn.Module]:

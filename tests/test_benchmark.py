@@ -1,4 +1,5 @@
-"""scripts/benchmark.py and its helpers (ultra_vil.measure, ultra_vil.benchmark) at toy sizes on the CPU.
+"""scripts/benchmark.py and its library (ultra_vil.bench, ultra_vil.device, the dispatch table of
+ultra_vil.mlstm.dispatch) at toy sizes on the CPU.
 
 No test asserts a time: the numbers of a toy run mean nothing. What is tested is that every section runs and
 writes its rows, CSV, markdown and plot; that comparisons really interleave; that the dispatch table keeps its
@@ -17,8 +18,10 @@ import conftest
 import pytest
 import torch
 
-import ultra_vil.benchmark as bench
-from ultra_vil import measure
+from ultra_vil import device as devices
+from ultra_vil.bench import guard, timing
+from ultra_vil.bench.mlstm_sections import pick_thresholds
+from ultra_vil.mlstm import dispatch
 
 REPO = Path(__file__).resolve().parents[1]
 # a checkout of commit 3c73528 to time against (`git worktree add DIR 3c73528`), named by ULTRA_VIL_BASELINE_SRC
@@ -37,50 +40,56 @@ def read_rows(out: Path) -> list[dict]:
 def test_benchmark_refuses_a_wrong_backend(monkeypatch):
     """check_backend passes the real backends and raises for one whose numbers are off."""
     for backend in ("parallel", "chunkwise", "recurrent"):
-        assert bench.check_backend(backend, NH=2, DH=16, device=torch.device("cpu"), dtype=torch.float32) < 1e-4
-    real = bench.mlstm
+        assert guard.check_backend(backend, NH=2, DH=16, device=torch.device("cpu"), dtype=torch.float32) < 1e-4
+    real = guard.mlstm
 
     def off_by_a_bit(*args, **kwargs):
         out = real(*args, **kwargs)
         return out * 1.01 if kwargs.get("backend") == "chunkwise" else out
 
-    monkeypatch.setattr(bench, "mlstm", off_by_a_bit)
+    monkeypatch.setattr(guard, "mlstm", off_by_a_bit)
     with pytest.raises(RuntimeError, match="chunkwise"):
-        bench.check_backend("chunkwise", NH=2, DH=16, device=torch.device("cpu"), dtype=torch.float32)
+        guard.check_backend("chunkwise", NH=2, DH=16, device=torch.device("cpu"), dtype=torch.float32)
 
 
 def test_compare_interleaved_takes_turns():
     """Warm-up A, B, then A, B per round: both contenders see the same stretch of machine time."""
     calls = []
-    res = measure.compare_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3,
-                                      warmup=1)  # fmt: skip
+    res = timing.compare_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3,
+                                     warmup=1)  # fmt: skip
     assert calls == ["a", "b"] * 4
     for r in res.values():
         assert len(r["times"]) == 3 and r["min"] == min(r["times"]) and r["min"] <= r["median"] <= max(r["times"])
     # a time budget stops adding rounds, but never below min_rounds
     calls.clear()
-    res = measure.compare_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=50,
-                                      warmup=0, max_seconds=0.0, min_rounds=2)  # fmt: skip
+    res = timing.compare_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=50,
+                                     warmup=0, max_seconds=0.0, min_rounds=2)  # fmt: skip
     assert calls == ["a", "b", "a", "b"] and len(res["a"]["times"]) == 2
-    assert measure.ratios({"a": {"min": 2.0, "median": 6.0}, "b": {"min": 1.0, "median": 2.0}}, "a", "b") == (2, 3)
+    assert timing.ratios({"a": {"min": 2.0, "median": 6.0}, "b": {"min": 1.0, "median": 2.0}}, "a", "b") == (2, 3)
 
 
 def test_resolve_device_one_copy_of_the_rules():
-    assert measure.resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    assert measure.resolve_device("cpu") == measure.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert devices.resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert devices.resolve_device("cpu") == devices.resolve_device(torch.device("cpu")) == torch.device("cpu")
     for bad in ("gpu", "cuda:x", "-1"):
-        with pytest.raises(measure.DeviceError, match="must be auto, cpu, cuda, cuda:N or N"):
-            measure.resolve_device(bad)
-    with pytest.raises(measure.DeviceError, match="several devices"):
-        measure.resolve_device("0,1")
+        with pytest.raises(devices.DeviceError, match="must be auto, cpu, cuda, cuda:N or N"):
+            devices.resolve_device(bad)
+    with pytest.raises(devices.DeviceError, match="several devices"):
+        devices.resolve_device("0,1")
     if not torch.cuda.is_available():
         for spec in ("cuda", "cuda:0", "0"):
             with pytest.raises(RuntimeError, match="CUDA is not available"):  # DeviceError is a RuntimeError
-                measure.resolve_device(spec)
-    assert measure.ultralytics_device("cpu") == "cpu" and measure.ultralytics_device("cuda:2") == "2"
-    from ultra_vil.train.distributed import resolve_device
+                devices.resolve_device(spec)
+    from ultra_vil.errors import UserError
 
-    assert resolve_device("cpu") == torch.device("cpu")
+    assert issubclass(devices.DeviceError, UserError) and issubclass(devices.DeviceError, RuntimeError)
+    assert devices.ultralytics_device("cpu") == "cpu" and devices.ultralytics_device("cuda:2") == "2"
+    # training and the study use the same function, not a copy
+    from ultra_vil.study import worker
+    from ultra_vil.train import distributed
+
+    assert distributed.resolve_device is devices.resolve_device
+    assert worker.resolve_device("cpu") == "cpu"  # the string form settings.json stores
 
 
 def test_peak_memory_of_a_block_counts_an_allocation():
@@ -91,8 +100,8 @@ def test_peak_memory_of_a_block_counts_an_allocation():
     """
     code = """
 import torch
-from ultra_vil import measure
-with measure.peak_memory("cpu") as peak:
+from ultra_vil.bench.memory import peak_memory
+with peak_memory("cpu") as peak:
     x = torch.ones(2**24)
 del x
 assert peak.mb is None or peak.mb > 32, peak.mb
@@ -101,13 +110,46 @@ assert peak.mb is None or peak.mb > 32, peak.mb
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+QUIET_PROBE = """
+import os, torch
+from ultra_vil.bench.memory import cpu_memory_mb
+for _ in range(3):
+    assert cpu_memory_mb(lambda: torch.ones(1000))[0] > 0
+assert "KINETO_LOG_LEVEL" not in os.environ  # set for the profiler's start only
+"""
+
+
+def test_cpu_memory_mb_keeps_the_profiler_quiet():
+    """cpu_memory_mb runs torch's profiler, whose kineto backend would print `USDT: ... profiler_start` and
+    `profiler_stop` for every call and, without a GPU, `ERROR: ... gpuGetDeviceCount failed`. In a fresh process:
+    kineto reads its log level once, at its first start."""
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", QUIET_PROBE], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "USDT" not in out and "gpuGetDeviceCount" not in out, out[-2000:]
+
+
+def test_worker_helpers_need_only_torch_and_the_standard_library():
+    """Worker processes load timing.py and memory.py by path beside an older checkout's ultra_vil: the two files
+    may import nothing but torch and the standard library (ultra_vil.bench.workers)."""
+    import ast
+
+    for name in ("timing.py", "memory.py"):
+        tree = ast.parse((REPO / "ultra_vil" / "bench" / name).read_text())
+        mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert mods <= set(sys.stdlib_module_names) | {"torch", "__future__"}, (name, sorted(mods))
+
+
 def test_dispatch_json_round_trips_in_the_one_format(tmp_path):
     base = {"comment": "old", "cuda": {"bfloat16": {"parallel_max_seq": 512, "triton_min_seq": None}}}
     measured = {"cpu": {"float32": {"parallel_max_seq": 196, "triton_min_seq": None}}}
     path = tmp_path / "mlstm_dispatch.json"
-    written = bench.write_dispatch(path, measured, "measured by scripts/benchmark.py on test, today", base)
+    written = dispatch.write_dispatch(path, measured, "measured by scripts/benchmark.py on test, today", base)
     raw = json.loads(path.read_text())
-    assert raw == written == bench.read_dispatch(path)
+    assert raw == written == dispatch.read_dispatch(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["mlstm_dispatch.json"]  # written atomically: no temp file left
     assert raw == {"comment": "measured by scripts/benchmark.py on test, today",
                    "cpu": {"float32": {"parallel_max_seq": 196, "triton_min_seq": None}},
                    "cuda": {"bfloat16": {"parallel_max_seq": 512, "triton_min_seq": None}}}  # fmt: skip
@@ -117,23 +159,25 @@ def test_dispatch_json_round_trips_in_the_one_format(tmp_path):
                    {"comment": "x", "cpu": {"float32": {"parallel_max_seq": -1, "triton_min_seq": None}}},
                    {"comment": "x", "cpu": {"float32": {"parallel_max_seq": 1, "triton_min_seq": "64"}}}):  # fmt: skip
         with pytest.raises(ValueError):
-            bench.validate_dispatch(broken)
-    assert bench.read_dispatch(tmp_path / "missing.json") == {"comment": "missing.json not found"}
-    if bench.DISPATCH_FILE.is_file():  # the committed package copy is in the same format
-        bench.read_dispatch(bench.DISPATCH_FILE)
+            dispatch.validate_dispatch(broken)
+    assert dispatch.read_dispatch(tmp_path / "missing.json") == {"comment": "missing.json not found"}
+    if dispatch.DISPATCH_TABLE_PATH.is_file():  # the committed package copy is in the same format
+        dispatch.read_dispatch(dispatch.DISPATCH_TABLE_PATH)
 
 
 def test_pick_thresholds_at_the_crossover():
     t = lambda ms: {"min": ms, "median": ms}
     grid = {64: {"parallel": t(1), "chunkwise": t(2)}, 196: {"parallel": t(2), "chunkwise": t(3)},
             256: {"parallel": t(5), "chunkwise": t(4)}, 1024: {"parallel": t(40), "chunkwise": t(10)}}  # fmt: skip
-    assert bench.pick_thresholds(grid) == {"parallel_max_seq": 196, "triton_min_seq": None}
+    assert pick_thresholds(grid) == {"parallel_max_seq": 196, "triton_min_seq": None}
     for S, r in grid.items():
         r["triton"] = t(r["chunkwise"]["min"] / 2 if S >= 256 else 100)
-    entry = bench.pick_thresholds(grid)
+    entry = pick_thresholds(grid)
     assert entry == {"parallel_max_seq": 196, "triton_min_seq": 256}
-    assert [bench.dispatch_pick(S, entry, triton=True) for S in grid] == ["parallel", "parallel", "triton", "triton"]
-    assert bench.dispatch_pick(4096, entry, triton=False) == "chunkwise"
+    # the thresholds are judged by the package's own rule, the one `auto` applies
+    assert [dispatch.pick_backend(S, entry, triton=True) for S in grid] == ["parallel", "parallel", "triton", "triton"]
+    assert dispatch.pick_backend(4096, entry, triton=False) == "chunkwise"
+    assert dispatch.pick_backend(4096, entry, triton=lambda: False) == "chunkwise"
 
 
 def test_sections_mlstm_dispatch_block_write_rows_csv_md_png(tmp_path):
@@ -151,13 +195,13 @@ def test_sections_mlstm_dispatch_block_write_rows_csv_md_png(tmp_path):
             assert float(r["min_ms"]) <= float(r["median_ms"]) and float(r["ratio_min"]) > 0
     assert all(float(r["peak_mem_mb"]) > 0 for r in rows if r["section"] == "block")
     md = (out / "benchmark.md").read_text()
-    for heading in ("## Targets of issue 9", "## mlstm", "## dispatch", "## block", "peak memory, worst size",
+    for heading in ("## Targets", "## mlstm", "## dispatch", "## block", "peak memory, worst size",
                     "Each mixer against the transformer layer", "with dropout 0", "| sequencer_block | time ",
                     "| vim_pair | time ",
                     "`auto`'s choice vs the fastest backend"):  # fmt: skip
         assert heading in md
     assert (out / "benchmark.png").stat().st_size > 10_000
-    table = bench.read_dispatch(out / "mlstm_dispatch.json")
+    table = dispatch.read_dispatch(out / "mlstm_dispatch.json")
     assert set(table["cpu"]["float32"]) == {"parallel_max_seq", "triton_min_seq"}
     assert "measured by scripts/benchmark.py on cpu" in table["comment"]
     # --merge rebuilds the same tables from the CSV (sections measured in separate runs make one report)
@@ -167,7 +211,7 @@ def test_sections_mlstm_dispatch_block_write_rows_csv_md_png(tmp_path):
     merged_md = (merged / "benchmark.md").read_text()
     assert merged_md.split("\n## mlstm")[1] == md.split("\n## mlstm")[1]
     assert merged_md.split("## Targets")[1].split("Notes:")[0] == md.split("## Targets")[1].split("Notes:")[0]
-    assert bench.read_dispatch(merged / "mlstm_dispatch.json") == table
+    assert dispatch.read_dispatch(merged / "mlstm_dispatch.json") == table
     # a section measured again in a later run replaces the older rows of that section (and only those)
     again = tmp_path / "again"
     assert script.main(["--tiny", "--device", "cpu", "--only", "block", "--out-dir", str(again)]) == 0

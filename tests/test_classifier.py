@@ -130,3 +130,51 @@ def test_config_dataclass_round_trips_the_checkpoint_dict():
         assert rebuilt.state_dict().keys() == model.state_dict().keys()
     assert "mixer" not in VisionLSTMConfig().to_dict() and VisionLSTMConfig(mixer="vim").to_dict()["mixer"] == "vim"
     assert VisionLSTMConfig.from_dict({"img_size": [32, 48]}).img_size == (32, 48)
+
+
+# ------------------------------------------------------------------------ input sizes: refused, never cropped
+def _tiny(**kw):
+    return create_model("vil_t", dim=32, num_blocks=2, num_classes=3, img_size=64, patch_size=16, **kw).eval()
+
+
+def test_input_that_does_not_tile_is_refused():
+    """64 x 100 with patch 16: a bare patch conv would drop the last 4 columns and give the 64 x 96 crop's output
+    without a word; a ValueError names the size and the patch."""
+    model = _tiny()
+    with pytest.raises(ValueError, match=r"64 x 100.*patches of 16"):
+        model(torch.randn(1, 3, 64, 100))
+    assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3)  # a size that tiles still runs (another grid)
+
+
+def test_input_smaller_than_a_patch_is_refused_clearly():
+    """8 x 8 with patch 16: a ValueError naming the size and the patch, not the conv's RuntimeError ("Kernel size
+    can't be greater than actual input size")."""
+    with pytest.raises(ValueError, match=r"8 x 8.*patches of 16"):
+        _tiny()(torch.randn(1, 3, 8, 8))
+
+
+def test_overlapping_patches_check_the_stride():
+    model = create_model("vil_t", dim=32, num_blocks=2, num_classes=3, img_size=32, patch_size=8, patch_stride=4)
+    model.eval()
+    assert model(torch.randn(1, 3, 36, 32)).shape == (1, 3)  # 36 = 8 + 7 * 4
+    with pytest.raises(ValueError, match="stride 4"):
+        model(torch.randn(1, 3, 34, 32))
+
+
+# ------------------------------------------------------------------------------------- middle_cls on odd grids
+@pytest.mark.parametrize("side", [112, 96])  # grids 7 x 7 (odd S = 49) and 6 x 6 (even S = 36)
+def test_middle_cls_pools_the_cls_token(side):
+    """The trap on a 7 x 7 grid: writing the CLS token at 49 // 2 = 24 and reading it at 50 // 2 = 25 (a patch
+    token). The index the blocks are told (their cls_index argument) is where the CLS token is, and the pooled
+    vector must be that token's output."""
+    model = _tiny(pooling="middle_cls")
+    seen = {}
+    model.blocks.register_forward_pre_hook(lambda mod, args: seen.update(cls_index=args[2]))
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        tokens = model.forward_features(x)  # (B, S + 1, D)
+        pooled = model.pool(tokens)
+    grid = side // 16
+    assert tokens.shape[1] == grid * grid + 1
+    assert seen["cls_index"] == grid * grid // 2
+    torch.testing.assert_close(pooled, tokens[:, seen["cls_index"]], rtol=0, atol=0)

@@ -1,4 +1,4 @@
-"""The import graph (issue 11): no circle in ultra_vil.data, and only ultra_vil/yolo imports ultralytics.
+"""The import graph: no circle in ultra_vil.data, and only ultra_vil/yolo imports ultralytics.
 
 Two views of each rule: the source (every import statement, the ones inside functions too, since a lazy import
 only hides a circle until someone moves it) and fresh interpreters (what actually happens at run time).
@@ -37,8 +37,7 @@ def _data_modules() -> list[str]:
 
 
 def test_data_package_has_no_import_circle_in_its_source():
-    """Before, convert.py imported split.py, whose split_yolo_dataset imported convert.py back (inside the
-    function), and the readers imported the writer for their types."""
+    """No module of ultra_vil.data imports another that imports it back (a function-level import counts too)."""
     modules = set(_data_modules()) - {"ultra_vil.data"}
     graph = {m: sorted(i for i in _imports(ROOT / (m.replace(".", "/") + ".py")) if i in modules and i != m)
              for m in modules}  # fmt: skip
@@ -78,8 +77,8 @@ def test_each_data_module_imports_alone_in_a_fresh_interpreter():
 
 
 def test_only_ultra_vil_yolo_imports_ultralytics():
-    """Before, ultra_vil/data/yolo_check.py imported ultralytics (for its datasets_dir), against the design's rule
-    that only ultra_vil/yolo may (and ultra_vil/study, which trains YOLO models, inside the functions that do)."""
+    """Only ultra_vil/yolo imports ultralytics (and ultra_vil/study, which trains YOLO models, inside the
+    functions that do)."""
     offenders = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         if (PACKAGE / "yolo") in path.parents or (PACKAGE / "study") in path.parents:

@@ -322,7 +322,7 @@ AIRCRAFT = ["c17", "c5", "helicopter", "c130", "f16", "b2", "other", "b52", "kc1
 
 
 def test_aircraft_template_order_drives_the_converter(tmp_path):
-    """The template lists the 27 classes in the issue's order, and the converter maps by name to that order
+    """The template lists the 27 classes in the order of the source's list, and the converter maps by name to that order
     even when the export sorted its categories alphabetically."""
     from ultra_vil.data.yolo_format import names_from_yaml
 
@@ -360,8 +360,8 @@ def test_split_of_a_set_with_only_train(tmp_path):
     assert (report.stats["train"].images, report.stats["val"].images, report.stats["val"].backgrounds) == (7, 3, 3)
 
 
-# ------------------------------------------------------------------------------ issue 11: nothing lost, nothing read
-# from outside, no silent wrong counts. Each test below failed on the code before the fix (commit 3c73528).
+# ---------------------------------------------------------------------- nothing lost, nothing read from outside the
+# source, no silent wrong counts.
 def _coco_source(src: Path) -> Path:
     image(src / "images" / "p.png", 40, 30)
     image(src / "images" / "q.png", 40, 30)
@@ -373,8 +373,8 @@ def _coco_source(src: Path) -> Path:
 
 
 def test_split_obeys_the_out_dir_rule(yolo_set, tmp_path, capsys):
-    """Before, `--split DATA.yaml --out-dir <the set's root>` (even images/train) was accepted and wrote its marker
-    and lists there, which a later --overwrite took as licence to delete images/ and labels/."""
+    """`--split DATA.yaml --out-dir <the set's root>` (or images/train) is refused: its marker and lists there
+    would let a later --overwrite delete images/ and labels/."""
     before = tree_hash(tmp_path)
     for out in (yolo_set, yolo_set / "images" / "train", yolo_set / "new", tmp_path):
         rc = convert_dataset.main(["--split", str(yolo_set / "data.yaml"), "--out-dir", str(out), "--overwrite"])
@@ -384,7 +384,8 @@ def test_split_obeys_the_out_dir_rule(yolo_set, tmp_path, capsys):
 
 
 def test_overwrite_deletes_only_the_files_the_tool_wrote(voc, tmp_path, capsys):
-    """Before, --overwrite removed images/ and labels/ wholesale: a file the user had put there was lost."""
+    """--overwrite removes only the files it wrote, never images/ and labels/ wholesale: a file the user put
+    there stays."""
     out = tmp_path / "out"
     assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 0
     marker = json.loads((out / MARKER).read_text())
@@ -404,10 +405,10 @@ def test_overwrite_deletes_only_the_files_the_tool_wrote(voc, tmp_path, capsys):
 
 
 def test_a_marker_that_does_not_validate_is_an_error_naming_it(voc, yolo_set, tmp_path, capsys):
-    """Before, any marker file, `{}` included, was trusted: --overwrite then deleted images/ and labels/ of the
-    folder (here: a data set the user made, with a stray marker in it)."""
+    """A marker that does not validate (`{}`, not JSON, a marker without a file list, one naming files outside
+    the folder) is an error: --overwrite trusting it would delete a data set the user made."""
     before = tree_hash(yolo_set)
-    for text in ("{}", "not json", json.dumps({"source": "/x", "tool": "ultra_vil.data"}),  # 0.1.0's marker
+    for text in ("{}", "not json", json.dumps({"source": "/x", "tool": "ultra_vil.data"}),  # a marker without a file list
                  json.dumps({"tool": "ultra_vil.data", "version": 2, "files": {"../../etc/passwd": {"size": 1}}})):
         (yolo_set / MARKER).write_text(text)
         rc = convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(yolo_set), "--overwrite"])
@@ -431,8 +432,8 @@ def test_the_tool_never_overwrites_a_file_it_did_not_write(voc, tmp_path, capsys
 
 @pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink"])
 def test_coco_images_outside_the_source_are_refused(tmp_path, capsys, how):
-    """Before, a `file_name` of /abs/path or ../x was opened (/etc/passwd was read) and, with an annotation,
-    copied into the output with exit status 0."""
+    """A `file_name` of /abs/path or ../x is an error naming the annotation: opening it would read (and, with an
+    annotation, copy) a file outside the source."""
     secret = image(tmp_path / "private" / "secret.png", 30, 30)
     src = _coco_source(tmp_path / "coco")
     data = json.loads((src / "ann.json").read_text())
@@ -455,7 +456,7 @@ def test_coco_images_outside_the_source_are_refused(tmp_path, capsys, how):
 
 
 def test_voc_filename_outside_the_source_is_refused(voc, tmp_path, capsys):
-    """Before, an absolute <filename> was opened and its file copied into the output (exit status 0)."""
+    """An absolute <filename> outside the source is an error, not a file copied into the output."""
     secret = image(tmp_path / "private" / "secret.jpg", 30, 30)
     (voc / "Annotations" / "b.xml").write_text(voc_xml(str(secret), 30, 30, [("plane", 1, 1, 10, 10)]))
     out = tmp_path / "out"
@@ -466,7 +467,7 @@ def test_voc_filename_outside_the_source_is_refused(voc, tmp_path, capsys):
 
 
 def test_check_counts_broken_label_files_as_invalid_not_background(yolo_set):
-    """Before, a label file whose rows all had errors was counted as a background image."""
+    """A label file whose rows all have errors counts as invalid, not as a background image."""
     (yolo_set / "labels" / "train" / "t0.txt").write_text("0 0.5 0.5 0.25\n")  # malformed: 4 values
     train = check_yolo_dataset(yolo_set / "data.yaml").stats["train"]
     assert (train.images, train.labelled, train.backgrounds) == (3, 1, 1)  # t1 labelled, t2 background
@@ -474,10 +475,10 @@ def test_check_counts_broken_label_files_as_invalid_not_background(yolo_set):
 
 
 def test_nothing_is_lost_whatever_the_out_dir(voc, yolo_set, tmp_path):
-    """Issue 11's "nothing lost": every command of convert_dataset.py, with every out-dir position relative to its
+    """Nothing lost: every command of convert_dataset.py, with every out-dir position relative to its
     source (same, inside, parent, sibling, a symlink to the source or into it), with and without --overwrite, one
-    after the other on the same tree: no file of any source changes, and none appears there. Before, --split into
-    the set's root was accepted (and the next --overwrite deleted its images)."""
+    after the other on the same tree: no file of any source changes, and none appears there. The trap: --split into
+    the set's root, whose next --overwrite would delete its images."""
     data = tmp_path / "data"
     data.mkdir()
     sources = {"voc": voc.rename(data / "voc"), "yolo": yolo_set.rename(data / "yolo"), "coco": data / "coco"}
@@ -523,11 +524,10 @@ def test_a_symlink_inside_the_out_dir_cannot_send_writes_into_the_source(voc, tm
     assert tree_hash(voc) == before and not any((voc / "train").iterdir())
 
 
-# ------------------------------------------------------------------- issue 19: same-size edits, huge ids, names gaps
+# ------------------------------------------------------------------------- same-size edits, huge ids, names gaps
 def test_overwrite_keeps_an_edit_that_keeps_the_size(voc, tmp_path, capsys):
-    """A label's class id 0 -> 1, a name red -> RED in data.yaml: the size stays, the content does not. Before, the
-    marker held sizes only and --overwrite deleted both edits without a word; now it records a content hash, keeps
-    the edited files and names each of them."""
+    """A label's class id 0 -> 1, a name red -> RED in data.yaml: the size stays, the content does not. The
+    marker records a content hash per file, so --overwrite keeps the edited files and names each of them."""
     out = tmp_path / "out"
     assert convert_dataset.main(["--format", "voc", "--src", str(voc), "--out-dir", str(out)]) == 0
     label, data_yaml = out / "labels" / "val" / "b.txt", out / "data.yaml"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ultra_vil.measure import cpu_memory_mb
+from ultra_vil.bench.memory import cpu_memory_mb
 from helpers.mlstm_reference import reference
 from ultra_vil.mlstm import BACKENDS, PARALLEL_MAX_SEQ, mlstm, select_backend
 
@@ -369,8 +369,8 @@ def memory_inputs(S, seed=0):
 
 
 def test_chunkwise_activation_memory_is_linear_and_small():
-    """What forward keeps for backward grows linearly in S, and at S = 4096 (chunk 64) is < 1/4 of the autograd
-    implementation's before issue 9 (commit 3c73528): measured there with this probe 11.2 MiB at S = 1024 and
+    """What forward keeps for backward grows linearly in S, and at S = 4096 (chunk 64) is < 1/4 of what plain
+    autograd through the same formulation keeps: measured with this probe 11.2 MiB at S = 1024 and
     44.9 MiB at S = 4096 (chunk-sized (L, L) matrices saved by autograd); now 2.1 and 8.4 MiB (h itself, 4 MiB, and
     the chunk states, 4 MiB). The peak of forward + backward also stays linear."""
 
@@ -404,8 +404,8 @@ def test_long_sequence_float32_keeps_precision():
 def test_float32_precision_at_1024_steps():
     """Every backend in float32 within 5e-5 (max abs) of float64 at S = 1024, randn inputs, DK = 64, DV = 128.
 
-    Before issue 9 the parallel backend formed its decays from differences of one cumulative sum over the whole
-    sequence and was 2.9e-3 off here (this test failed); chunkwise was 3.2e-5, recurrent 7.6e-6."""
+    A parallel form that takes its decays as differences of one cumulative sum over the whole sequence is 2.9e-3
+    off here; the chunkwise form 3.2e-5, the recurrence 7.6e-6."""
     g = torch.Generator().manual_seed(0)
     S = 1024
     q, k = (torch.randn(1, 2, S, 64, generator=g) for _ in range(2))
@@ -421,8 +421,8 @@ def test_float32_precision_at_1024_steps():
 def test_gradients_finite_for_huge_gates(backend, chunk_size):
     """Gate pre-activations of +-1e4 (float32): outputs and all five gradients finite.
 
-    Before issue 9 every backend's gradients were NaN once an input gate was below about -88 (exp(-m) overflowed
-    in the readout's backward: inf * 0); this test failed for all of them."""
+    The trap: gradients turn NaN once an input gate is below about -88 if exp(-m) overflows in the readout's
+    backward (inf * 0)."""
     S = 65
     q, k, v, _, _ = make_inputs(S, torch.float32)
     sign = torch.where(torch.arange(S) % 3 == 0, 1.0, -1.0)
@@ -447,8 +447,8 @@ def test_gradients_finite_for_huge_gates(backend, chunk_size):
 def test_non_finite_input_is_causal(backend, chunk_size, which, bad):
     """A NaN or inf in any one input at step t leaves every output before t bit-identical (as in the recurrence).
 
-    Before issue 9 the quadratic and chunk forms multiplied zero weights with it (0 * NaN = NaN) and spoiled all
-    of h (this test failed for parallel and chunkwise)."""
+    The trap: the quadratic and chunk forms multiply masked-out weights with it (0 * NaN = NaN) and spoil all of h
+    unless the masked entries are selected away."""
     S, t = 65, 37
     inputs = make_inputs(S, torch.float32)
     h = mlstm(*inputs, backend=backend, chunk_size=chunk_size)
@@ -466,8 +466,8 @@ def test_non_finite_input_is_causal(backend, chunk_size, which, bad):
 
 @pytest.mark.parametrize("backend,chunk_size", CASES)
 def test_input_gate_minus_inf_gives_zero(backend, chunk_size):
-    """An input gate of -inf everywhere writes nothing: h = 0 exactly, not NaN (before issue 9: NaN on every
-    backend, exp(-inf - -inf); this test failed); the final state stays empty."""
+    """An input gate of -inf everywhere writes nothing: h = 0 exactly, not NaN (the trap: exp(-inf - -inf));
+    the final state stays empty."""
     q, k, v, i, f = make_inputs(20, torch.float32)
     h, (C, n, m) = mlstm(q, k, v, torch.full_like(i, float("-inf")), f, backend=backend, chunk_size=chunk_size,
                          return_state=True)
@@ -494,8 +494,7 @@ def test_infinite_gates_match_reference(backend, chunk_size, reverse, with_state
     """Forget gates of -inf and +inf and input gates of -inf at steps spread over several chunks: h, the final
     state and the gradients of all five inputs and of the initial state are finite and equal the float64 recurrence
     (which handles them exactly: exp(-inf) = 0) to 1e-10 in float64, 1e-4 in float32; with reverse, of the flipped
-    inputs. The parallel and chunkwise forms used to give NaN from the first -inf forget gate on (the cumulative log
-    decays became -inf and their differences -inf - -inf)."""
+    inputs. The trap: cumulative log decays of -inf, whose differences are -inf - -inf = NaN."""
     S = 130
     inputs = gates_with_infinities(S)
     state = None
@@ -555,8 +554,8 @@ def test_forget_and_input_gate_minus_inf_at_one_step(backend, chunk_size):
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
 @pytest.mark.parametrize("which", ["q", "k", "v", "igate", "fgate", "initial_state"])
 def test_non_floating_inputs_raise(which, dtype):
-    """Integer or bool inputs raise a TypeError naming the argument and its dtype (they used to return int64 zeros:
-    h was computed in float32 and cast back to v's dtype)."""
+    """Integer or bool inputs raise a TypeError naming the argument and its dtype (computed in float32 and cast back
+    to v's dtype they would give int64 zeros)."""
     names = ["q", "k", "v", "igate", "fgate"]
     inputs = make_inputs(5, torch.float32)
     state = [t.float() for t in reference(*make_inputs(3))[1]]

@@ -165,7 +165,7 @@ def test_extreme_gates_finite_and_exact(gate):
     got = run(ts, weights, triton=True, dtype=torch.float32, chunk_size=16)
     for name, a, b in zip(NAMES, got, ref):
         assert torch.isfinite(a).all(), f"{name} not finite at gates {gate}"
-        # where float64 overflows too (exp(1e4) is inf in float64: item 3 of issue 9), compare the rest
+        # where float64 overflows too (exp(1e4) is inf in float64), compare the rest
         # float32 resolves log weights near 1e4 to 1e4 * 2**-24 = 6e-4, and every weight is the exp of a difference
         # of such numbers (e.g. log f_0 + m_0 vs i_0 when both are near -1e4): 1e-4 is out of reach, 5e-3 is not
         ok = torch.isfinite(b)

@@ -1,4 +1,4 @@
-"""Classifier training (scripts/train_classifier.py, ultra_vil/train): the contracts of issue 4, on CPU.
+"""Classifier training (scripts/train_classifier.py, ultra_vil/train): its contracts, on CPU.
 
 End to end: a 2-epoch run learns and writes its files; a run killed with SIGKILL and resumed ends with the
 same weights as an uninterrupted one; two gloo processes under torchrun end where one process does; bad data
@@ -321,7 +321,7 @@ def test_too_many_corrupt_images_fail_the_run(shapes, tmp_path, capsys):
     _corrupt_files(data)
     argv = TINY + ["--data", str(data), "--out-dir", str(tmp_path / "out"), "--epochs", "1", "--batch-size", "8",
                    "--max-bad-fraction", "0.02"]
-    assert train_classifier.main(argv) == 2  # a user error: one line, exit status 2 (issue 11)
+    assert train_classifier.main(argv) == 2  # a user error: one line, exit status 2
     err = capsys.readouterr().err
     assert "unreadable train image(s)" in err and "--max-bad-fraction 0.02" in err
     assert "truncated.jpg" in err or "garbage.png" in err or "empty.jpg" in err
@@ -351,8 +351,8 @@ def test_val_with_other_classes_fails_before_training(shapes, tmp_path, capsys):
 
 
 def test_single_class_data_is_an_error_unless_allowed(shapes, tmp_path, capsys, caplog):
-    """One class folder: before, the run trained to loss 0 and reported "100% top-1" without a word (issue 11,
-    defect 6). Now an error naming the folder, or with --allow-single-class a warning."""
+    """One class folder would train to loss 0 and report "100% top-1" whatever the model learns: an error naming the
+    folder, or with --allow-single-class a warning."""
     data = _copy_small(shapes, tmp_path / "data")
     for split in ("train", "val"):
         for name in list(SHAPES)[1:]:
@@ -367,7 +367,7 @@ def test_single_class_data_is_an_error_unless_allowed(shapes, tmp_path, capsys, 
 
 
 def _user_error_case(kind: str, trained: Path, tmp_path: Path) -> tuple[list[str], str]:
-    """(extra argv, text the one error line must hold) for each kind of user error of issue 11, defect 7."""
+    """(extra argv, text the one error line must hold) for each kind of user error."""
     if kind == "truncated":
         bad = tmp_path / "truncated.pt"
         bad.write_bytes((trained / "last.pt").read_bytes()[:5000])
@@ -390,9 +390,8 @@ def _user_error_case(kind: str, trained: Path, tmp_path: Path) -> tuple[list[str
 
 @pytest.mark.parametrize("kind", ["truncated", "empty", "foreign", "weights_only", "missing", "nan"])
 def test_user_errors_are_one_line_with_status_2(kind, trained, shapes, tmp_path, capsys):
-    """Before, a truncated or foreign checkpoint, a NaN loss or a bad --resume showed a traceback of 4-10 frames,
-    and a 0-byte checkpoint an empty reason (issue 11, defect 7). Now one line naming the file and the cause, exit
-    status 2; --debug adds the traceback."""
+    """A truncated, empty or foreign checkpoint, a NaN loss or a bad --resume: one line naming the file and the
+    cause (not a traceback, not an empty reason), exit status 2; --debug adds the traceback."""
     extra, expected = _user_error_case(kind, trained, tmp_path)
     argv = TINY + ["--data", str(shapes), "--out-dir", str(tmp_path / "out"), "--epochs", "1", "--batch-size", "8",
                    "--mixup", "0", "--cutmix", "0", *extra]

@@ -7,7 +7,6 @@ All on CPU at 64 px; the whole file takes well under a minute on 2 cores.
 from __future__ import annotations
 
 import copy
-import math
 import re
 import warnings
 from pathlib import Path
@@ -20,7 +19,13 @@ import ultra_vil.yolo as uy
 from ultra_vil.yolo import register as reg
 from ultra_vil.yolo.modules import ViLC2f, ViLStage
 
-from helpers.yolo import check_forward_square_and_rectangular, parse_on_meta, scale_n_model, scaled  # noqa: E402  (after the registration)
+from helpers.yolo import (  # noqa: E402  (after the registration)
+    assert_stock_channel_plan,
+    check_forward_square_and_rectangular,
+    parse_on_meta,
+    scale_n_model,
+    scaled,
+)
 
 tasks = pytest.importorskip("ultralytics.nn.tasks")
 
@@ -44,7 +49,7 @@ def vil_layers(model) -> list[torch.nn.Module]:
 
 
 def test_cfg_files_exist():
-    """The recommended YAML and the four placement variants of issue 3 are present."""
+    """The recommended YAML and the placement variants are present."""
     names = {p.name for p in CFGS}
     assert {
         "yolov8-vil.yaml",
@@ -112,23 +117,7 @@ def test_every_cfg_builds_at_every_scale_with_stock_channel_plan(cfg):
     Scales are built by the parser on the meta device (fast); scale n is also built for real as a DetectionModel
     (which runs Ultralytics' 256 x 256 stride probe) in the tests below.
     """
-    d = yaml.safe_load(cfg.read_text())
-    rows = d["backbone"] + d["head"]
-    assert list(d["scales"]) == list("nsmlx")
-    for scale, (depth, width, max_channels) in d["scales"].items():
-        layers = parse_on_meta(scaled(cfg, scale))
-        stock = parse_on_meta(f"yolov8{scale}.yaml")
-        vil = [m for m in layers if isinstance(m, VIL_TYPES)]
-        assert vil, f"{cfg.name} has no ViL layer"
-        for m in vil:
-            row_n, args = rows[m.i][1], rows[m.i][3]
-            assert m.n == (max(round(row_n * depth), 1) if row_n > 1 else row_n), f"{scale} layer {m.i}: depth"
-            assert m.c2 == math.ceil(min(args[0], max_channels) * width / 8) * 8, f"{scale} layer {m.i}: width"
-            if isinstance(m, ViLC2f):  # the stock C2f it replaces (ViLStage rows are insertions)
-                ref = stock[m.i - sum(r[2] == "ViLStage" for r in rows[: m.i])]
-                assert type(ref).__name__ == "C2f", f"layer {m.i} does not replace a C2f"
-                got = (m.c1, m.c2, m.n, m.c)
-                assert got == (ref.cv1.conv.in_channels, ref.cv2.conv.out_channels, len(ref.m), ref.c), f"{scale} {m.i}"
+    assert_stock_channel_plan(cfg, VIL_TYPES, (ViLC2f,))
 
 
 def model_n(cfg: Path) -> torch.nn.Module:
@@ -231,7 +220,7 @@ def test_stock_errors_pass_through_unchanged(tmp_path):
         tasks.DetectionModel(str(path), nc=2, verbose=False)
 
 
-def test_module_arguments_direct():
+def test_vil_module_arguments():
     """The public argument orders: ViLStage(c1, c2, n, expansion, drop_path), ViLC2f(c1, c2, n, e, expansion,
     drop_path); any H x W works."""
     stage = ViLStage(16, 16, 2, 2, 0.1)

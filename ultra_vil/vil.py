@@ -19,7 +19,7 @@ reordering out; the layer itself never flips: a reversed order runs the cell bac
 and the conv with the 180-degree-rotated kernel on the map as it lies (only the column orders copy, to transpose).
 
 The forward pass computes those equations with fewer passes over the tokens (same parameters and state-dict
-names: checkpoints of commit 3c73528 load and give the same outputs, tests/fixtures): q, k, v leave their
+names: checkpoints of version 0.1.0 load and give the same outputs, tests/fixtures): q, k, v leave their
 block-diagonal projections already in the cell's (B, NH, S, DH) layout; both gates are one projection of x_c
 plus one of x_m (their weight is folded with the q/k/v blocks at run time: no cat); the head norm runs where h
 lies and its transposition rides in the skip's multiply-add; in training, head norm, skip and output gate are

@@ -62,3 +62,34 @@ def check_forward_square_and_rectangular(model: torch.nn.Module, nc: int = 2, en
         out = model(torch.rand(2, 3, h, w))
         branches = [out["one2many"], out["one2one"]] if end2end else [out]
         assert all(b["scores"].shape[-1] == anchors for b in branches)
+
+
+def assert_stock_channel_plan(cfg: Path, types: tuple[type, ...], c2f_types: tuple[type, ...]) -> list:
+    """At every scale the YAML declares, each module of `types` gets Ultralytics' depth and width scaling, and each
+    one of `c2f_types` has the channels, depth and hidden width of the stock YOLOv8 C2f it replaces (ViLStage rows
+    are insertions, not replacements). Returns the modules of `types` found at the last scale."""
+    import math
+
+    import yaml
+
+    d = yaml.safe_load(cfg.read_text())
+    rows = d["backbone"] + d["head"]
+    assert list(d["scales"]) == list("nsmlx")
+    found = []
+    for scale, (depth, width, max_channels) in d["scales"].items():
+        layers = parse_on_meta(scaled(cfg, scale))
+        stock = parse_on_meta(f"yolov8{scale}.yaml")
+        found = [m for m in layers if isinstance(m, types)]
+        assert found, f"{cfg.name} has no module of {[t.__name__ for t in types]}"
+        for m in found:
+            row_n, args = rows[m.i][1], rows[m.i][3]
+            n = max(round(row_n * depth), 1) if row_n > 1 else row_n
+            assert m.n == n, f"{cfg.name} {scale} layer {m.i}: depth"
+            assert m.c2 == math.ceil(min(args[0], max_channels) * width / 8) * 8, f"{scale} layer {m.i}: width"
+            if isinstance(m, c2f_types):
+                ref = stock[m.i - sum(r[2] == "ViLStage" for r in rows[: m.i])]
+                assert type(ref).__name__ == "C2f", f"layer {m.i} does not replace a C2f"
+                got = (m.c1, m.c2, m.n, len(m.m), m.c)
+                want = (ref.cv1.conv.in_channels, ref.cv2.conv.out_channels, len(ref.m), len(ref.m), ref.c)
+                assert got == want, f"{cfg.name} {scale} layer {m.i}"
+    return found

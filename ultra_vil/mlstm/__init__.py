@@ -22,7 +22,7 @@ v would truncate it).
 
 Files:
     api.py           `mlstm(...)`: argument checks, dtype policy, hand-off to a backend
-    dispatch.py      `auto`'s measured thresholds (mlstm_dispatch.json), validated, with built-in defaults
+    dispatch.py      `auto`'s measured thresholds (mlstm_dispatch.json): format, rule, reading, writing, defaults
     recurrent.py     gates, state, readout and the step recurrence (the specification)
     chunkwise.py     the chunked scan behind `parallel` (one chunk) and `chunkwise`, with its own backward
     triton.py        the fused Triton kernels' launcher and checks (optional: needs triton); triton_kernels.py
@@ -42,13 +42,16 @@ from .dispatch import (
     PARALLEL_MAX_SEQ,
     dispatch_entry,
     load_dispatch,
+    pick_backend,
+    read_dispatch,
     select_backend,
     validate_dispatch,
+    write_dispatch,
 )
 from .recurrent import LOGF_MIN, MLSTMState, empty_state, log_forget_gate, mlstm_step
 
 __all__ = [
     "BACKENDS", "DEFAULT_DISPATCH", "DISPATCH", "DISPATCH_KEYS", "DISPATCH_TABLE_PATH", "LOGF_MIN", "MLSTMState",
     "PARALLEL_MAX_SEQ", "dispatch_entry", "empty_state", "fit_chunk", "load_dispatch", "log_forget_gate", "mlstm",
-    "mlstm_step", "select_backend", "validate_dispatch",
+    "mlstm_step", "pick_backend", "read_dispatch", "select_backend", "validate_dispatch", "write_dispatch",
 ]

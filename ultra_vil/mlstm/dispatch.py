@@ -2,6 +2,10 @@
 
 The table (mlstm_dispatch.json, package data beside this module) is written by scripts/benchmark.py and read once,
 at import. A missing or invalid file never breaks the import: `auto` then uses DEFAULT_DISPATCH (one warning).
+Everything about the table is here: its format (`validate_dispatch`), the rule that turns an entry into a backend
+(`pick_backend`, what `auto` and the benchmark's threshold search both apply), the lenient read at import
+(`load_dispatch`), and the strict read and the atomic write that the benchmark uses (`read_dispatch`,
+`write_dispatch`).
 """
 
 from __future__ import annotations
@@ -9,9 +13,12 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from ultra_vil.checkpoints import atomic_write
 
 BACKENDS = ("auto", "parallel", "chunkwise", "recurrent", "triton")
 
@@ -85,6 +92,35 @@ def load_dispatch(path: str | Path) -> dict:
     return copy.deepcopy(DEFAULT_DISPATCH)
 
 
+def read_dispatch(path: str | Path = DISPATCH_TABLE_PATH) -> dict:
+    """The dispatch table in `path`, validated strictly: a bad file raises ValueError naming it (unlike
+    `load_dispatch`, which falls back to the built-in thresholds); an empty table (only a comment) if the file does
+    not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return {"comment": f"{path.name} not found"}
+    return validate_dispatch(json.loads(path.read_text()), str(path))
+
+
+def write_dispatch(path: str | Path, measured: dict, comment: str, base: dict | None = None) -> dict:
+    """Write `measured` ({device type: {dtype name: entry}}) over `base` (entries of other devices are kept).
+
+    Returns the table written (through `ultra_vil.checkpoints.atomic_write`: the old file or the new one, never a
+    torn one). The comment says where and when the numbers were measured. The package copy (DISPATCH_TABLE_PATH)
+    must also be complete (a cpu/float32 entry), or `import ultra_vil` would fall back to the built-in thresholds.
+    """
+    table = {"comment": comment}
+    for device_type in ("cpu", "cuda"):
+        merged = {**(base or {}).get(device_type, {}), **measured.get(device_type, {})}
+        if merged:
+            table[device_type] = merged
+    path = Path(path)
+    validate_dispatch(table, str(path), complete=path.resolve() == DISPATCH_TABLE_PATH.resolve())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(table, indent=2) + "\n")
+    return table
+
+
 DISPATCH = load_dispatch(DISPATCH_TABLE_PATH)  # read once, at import: what `auto` (select_backend) consults
 
 
@@ -109,9 +145,18 @@ def select_backend(S: int, device: torch.device | str, dtype: torch.dtype, B: in
     the form whose memory stays linear in S. `B` is accepted for tables that will depend on it; today's do not.
     Every backend can return the final state, so `return_state` does not change the choice.
     """
-    entry = dispatch_entry(device, dtype)
+    return pick_backend(S, dispatch_entry(device, dtype), triton=lambda: _triton_usable(device))
+
+
+def pick_backend(S: int, entry: dict, triton: bool | Callable[[], bool] = False) -> str:
+    """The dispatch rule: the backend a table entry picks for S steps.
+
+    "triton" from the entry's `triton_min_seq` on (when it has one) if `triton` says the kernel runs here (a bool,
+    or a function asked only when the entry would pick triton); else "parallel" up to `parallel_max_seq`, else
+    "chunkwise". `select_backend` applies it to the loaded table, the benchmark to the thresholds it tries.
+    """
     triton_min = entry.get("triton_min_seq")
-    if triton_min is not None and S >= triton_min and _triton_usable(device):
+    if triton_min is not None and S >= triton_min and (triton() if callable(triton) else triton):
         return "triton"
     return "parallel" if S <= entry["parallel_max_seq"] else "chunkwise"
 

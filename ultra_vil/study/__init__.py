@@ -12,9 +12,9 @@ scripts/compare.py parses the arguments and calls `run`; everything else is here
     report    compare.csv / compare.md / compare.png
     runner    the loop over (model, seed)
 
-Library code raises `ultra_vil.errors.UserError`; only the script exits. Timing, peak memory and devices come
-from `ultra_vil.measure` (shared with the benchmark). `ultra_vil.yolo.compare` re-exports these names for older
-callers and still runs a job (`python -m ultra_vil.yolo.compare --worker JOB`).
+Library code raises `ultra_vil.errors.UserError`; only the script exits. Timing and peak memory come from
+`ultra_vil.bench` (shared with the benchmark), devices from `ultra_vil.device`. `ultra_vil.yolo.compare` re-exports
+these names for older callers and still runs a job (`python -m ultra_vil.yolo.compare --worker JOB`).
 
 Why a paired t-interval, not a bootstrap: each seed trains both models on the same data order and augmentation,
 so the per-seed differences remove the seed-to-seed noise both share (on neon-trees two runs of one layout that

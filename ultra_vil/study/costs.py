@@ -63,8 +63,8 @@ def measure_study_costs(models: list[dict], settings: dict, names: list[str], ou
 
     import torch
 
-    from ultra_vil import measure
     from ultra_vil.checkpoints import atomic_write
+    from ultra_vil.device import device_name
     from ultra_vil.yolo import costs as C
 
     if threads:
@@ -83,7 +83,7 @@ def measure_study_costs(models: list[dict], settings: dict, names: list[str], ou
                 entry.update({f"{kind}_{stat}_ms": round(res[kind][tag][stat], 3) for stat in ("min", "median")})
         per[tag] = entry
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    how = (f"compare.py --costs, {stamp}, {measure.device_name(device)}, {torch.get_num_threads()} thread(s); one "
+    how = (f"compare.py --costs, {stamp}, {device_name(device)}, {torch.get_num_threads()} thread(s); one "
            f"process, every model once per round; fwd+bwd of the network at batch {s.batch}, {s.size} px, loss "
            f"excluded, min {s.min_rounds} rounds; batch-1 fused inference, {s.latency_rounds} rounds; ONNX: "
            f"{res['onnx_note']}; memory: torch's CPU allocations (profiler) or CUDA's allocator peak, one fwd+bwd")

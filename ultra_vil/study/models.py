@@ -16,13 +16,33 @@ from ultra_vil.errors import UserError
 REPO = Path(__file__).resolve().parents[2] if (Path(__file__).resolve().parents[2] / "pyproject.toml").is_file() else None
 
 
-GENERATION = re.compile(r"(yolo(?:e-)?v?\d+)([nslmx])")  # Ultralytics' guess_model_scale pattern, with the prefix
+# The one parser of YOLO model names: generation, scale letter (or none), the rest ("yolov8n-vil-p5" -> "yolov8",
+# "n", "-vil-p5"; "yolo11-vil" -> "yolo11", "", "-vil"). The scale letters are Ultralytics' (guess_model_scale).
+SCALES = "nsmlx"
+_GENERATION = r"yolo(?:e-)?v?\d+"  # yolov8, yolo11, yolo26, yoloe-v8, ...
+MODEL_NAME = re.compile(rf"({_GENERATION})([{SCALES}]?)(.*)")
+GENERATION = re.compile(rf"({_GENERATION})([{SCALES}])")  # generation + scale at the start of a name
+# Ultralytics' yaml_model_load drops the scale letter from the whole path with this substitution
+_ULTRALYTICS_UNSCALE = re.compile(rf"(\d+)([{SCALES}])(.+)?$")
+
+
+def parse_model_name(name: str) -> tuple[str, str, str] | None:
+    """(generation, scale letter or "", rest) of a YOLO model name or YAML stem; None for a name that does not
+    start with a YOLO generation (vil-t)."""
+    m = MODEL_NAME.fullmatch(name)
+    return (m.group(1), m.group(2), m.group(3)) if m else None
+
+
+def generation_of(name: str) -> str | None:
+    """The YOLO generation a name starts with: yolo11n-vil -> yolo11, yolov8-vil.yaml's stem -> yolov8."""
+    parsed = parse_model_name(name)
+    return parsed[0] if parsed else None
 
 
 def baseline_tag(tag: str) -> str | None:
     """The stock model of the same generation and scale: yolo11n-vil -> yolo11n, yolov8s-vil-p5 -> yolov8s."""
-    m = GENERATION.match(tag)
-    return m.group(0) if m else None
+    parsed = parse_model_name(tag)
+    return parsed[0] + parsed[1] if parsed and parsed[1] else None
 
 
 def baseline_cfg(tag: str) -> str:
@@ -47,16 +67,17 @@ def scaled_model(yaml_path: Path, scale: str) -> tuple[str, Path]:
     `(\\d+)([nslmx])(.+)?$` on the whole path) and takes the scale from the name. Checked here, since a folder
     name such as `run1s/` would derail that substitution.
     """
-    m = re.fullmatch(r"(yolo(?:e-)?v?\d+)([nslmx]?)(.*)", yaml_path.stem)
-    if not m:
+    parsed = parse_model_name(yaml_path.stem)
+    if not parsed:
         raise UserError(f"{yaml_path}: the name must start with a YOLO generation (e.g. yolov8-vil.yaml, "
                          "yolo11-vil.yaml) to be scaled")  # fmt: skip
-    if m.group(2) and m.group(2) != scale:
-        raise UserError(f"{yaml_path} names scale '{m.group(2)}' but --scale is '{scale}'; pass the "
-                         f"unscaled YAML (e.g. {m.group(1)}{m.group(3)}.yaml)")  # fmt: skip
-    stem = f"{m.group(1)}{scale}{m.group(3)}"
+    generation, named_scale, rest = parsed
+    if named_scale and named_scale != scale:
+        raise UserError(f"{yaml_path} names scale '{named_scale}' but --scale is '{scale}'; pass the "
+                         f"unscaled YAML (e.g. {generation}{rest}.yaml)")  # fmt: skip
+    stem = f"{generation}{scale}{rest}"
     scaled = yaml_path.with_name(stem + yaml_path.suffix)
-    unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", str(scaled))
+    unified = _ULTRALYTICS_UNSCALE.sub(r"\1\3", str(scaled))
     if unified != str(yaml_path) and not scaled.exists():
         raise UserError(
             f"Ultralytics would map {scaled} to {unified}, not to {yaml_path}, because a folder in the path "
@@ -121,7 +142,7 @@ def pick_models(paths: list[str], scale: str, baseline: str = "auto") -> list[di
     (yolov8, yolo11, yolo26) compares every ViL YAML with that one. With no ViL YAML: the stock model of that
     generation alone (yolov8{scale} for 'auto').
     """
-    if baseline != "auto" and not re.fullmatch(r"yolo(?:e-)?v?\d+", baseline):
+    if baseline != "auto" and parse_model_name(baseline) != (baseline, "", ""):
         raise UserError(f"--baseline {baseline!r}: 'auto' or a generation such as yolov8, yolo11, yolo26")
     vil = []
     for m in paths:

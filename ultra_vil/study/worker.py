@@ -22,22 +22,18 @@ if TYPE_CHECKING:
 
 # Nothing from ultra_vil at import, and torch, Ultralytics and ultra_vil.yolo only inside the functions: the module's
 # own code ties the job to its parent (die_with_parent) before it imports anything heavy, whatever imported it
-# (tests/test_compare_locks.py runs this file alone and stops the job at `import torch`). Launched as
+# (tests/test_study_locks.py runs this file alone and stops the job at `import torch`). Launched as
 # `python -m ultra_vil.study.worker`, Python imports the packages ultra_vil (which loads torch) and ultra_vil.study
 # first; ultra_vil.study does not import this module, so that it runs once, as __main__.
 NA = "n/a"  # ultra_vil.study.stats.NA, the cell of a value that cannot apply
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda:0' or 'cpu'; validates cpu / cuda / cuda:N / N (the rules of ultra_vil.measure)."""
-    from ultra_vil.errors import UserError
-    from ultra_vil.measure import DeviceError
-    from ultra_vil.measure import resolve_device as resolve
+    """ultra_vil.device.resolve_device as the string settings.json stores: 'cpu' or 'cuda:N' ('auto' -> 'cuda:0'
+    or 'cpu'). Its DeviceError is a UserError."""
+    from ultra_vil.device import resolve_device as resolve
 
-    try:
-        return str(resolve(device))  # 'cpu' or 'cuda:N': the form settings.json has always stored
-    except DeviceError as e:
-        raise UserError(f"{e}") from None
+    return str(resolve(device))
 
 
 def register_vil(required: bool) -> bool:
@@ -163,11 +159,11 @@ def worker(job: dict) -> int:
     """Train, validate and time one (model, seed). Writes job['row_file'] last, atomically."""
     import torch
 
-    from ultra_vil import measure
+    from ultra_vil.device import device_name, ultralytics_device
 
     if job["vil"]:
         register_vil(required=True)
-    yolo_device = measure.ultralytics_device(job["device"])
+    yolo_device = ultralytics_device(job["device"])
     notes: dict[str, str] = {}
     save_dir, epoch_times, peak = _train(job, yolo_device)
     last = save_dir / "weights" / "last.pt"
@@ -189,7 +185,7 @@ def worker(job: dict) -> int:
     env = {
         "torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
-        "device_name": measure.device_name(torch.device(job["device"])),
+        "device_name": device_name(torch.device(job["device"])),
         "epochs_timed": len(epoch_times), "save_dir": str(save_dir),
     }  # fmt: skip
     saved = {"row": row, "notes": notes, "names": names, "yaml_sha": job["yaml_sha"], "env": env}
@@ -204,14 +200,14 @@ def _train(job: dict, yolo_device) -> tuple[Path, list[float], float | None]:
     or None where the OS gives no reading)."""
     from ultralytics import YOLO
 
-    from ultra_vil import measure
+    from ultra_vil.bench.memory import peak_memory
 
     model = YOLO(job["cfg"])
     epoch_times, t_start = [], [0.0]
     model.add_callback("on_train_epoch_start", lambda trainer: t_start.__setitem__(0, time.perf_counter()))
     model.add_callback("on_train_epoch_end", lambda trainer: epoch_times.append(time.perf_counter() - t_start[0]))
     # CUDA: allocator peak above the start; CPU: the process's peak RSS (VmHWM, reset here) above its RSS now
-    with measure.peak_memory(job["device"]) as peak_mem:
+    with peak_memory(job["device"]) as peak_mem:
         model.train(
             data=job["data"], epochs=job["epochs"], imgsz=job["img_size"], batch=job["batch_size"], seed=job["seed"],
             deterministic=True, optimizer=job["optimizer"], lr0=job["lr0"], device=yolo_device,
@@ -265,7 +261,7 @@ def _latencies(last: Path, job: dict, row: dict, notes: dict) -> None:
     if not job["onnx"]:
         row["latency_ms_onnx"], notes["latency_ms_onnx"] = NA, "not measured (--no-onnx)"
     else:
-        row["latency_ms_onnx"], why = onnx_latency(last, x.numpy(), job)
+        row["latency_ms_onnx"], why = onnx_latency(last, x, job)
         if why:
             notes["latency_ms_onnx"] = why
 
@@ -284,35 +280,28 @@ def _per_class(box, names: list[str], row: dict, notes: dict) -> None:
 
 
 def time_ms(fn, job: dict) -> float:
-    """Median batch-1 latency in ms after the job's warm-up runs (ultra_vil.measure, CUDA synchronised)."""
+    """Median batch-1 latency in ms after the job's warm-up runs (ultra_vil.bench.timing, CUDA synchronised)."""
     import torch
 
-    from ultra_vil import measure
+    from ultra_vil.bench import timing
 
     with torch.inference_mode():
-        return measure.time_ms(fn, job["device"], warmup=job["latency_warmup"], repeat=job["latency_runs"])
+        return timing.time_ms(fn, job["device"], warmup=job["latency_warmup"], repeat=job["latency_runs"])
 
 
 def onnx_latency(last: Path, x, job: dict) -> tuple[float | str, str]:
-    """(median ms, "") or (n/a, why): Ultralytics' ONNX export of last.pt, run by ONNX Runtime on the CPU."""
+    """(median ms, "") or (n/a, why): Ultralytics' ONNX export of last.pt, run by ONNX Runtime on the CPU on the
+    CPU tensor x (1, 3, img_size, img_size), opened by ultra_vil.yolo.costs.ort_session and timed like PyTorch."""
     try:
-        import onnxruntime as ort
-        import torch
         from ultralytics import YOLO
 
+        from ultra_vil.bench import timing
+        from ultra_vil.yolo.costs import ort_session
+
         onnx_file = YOLO(last).export(format="onnx", imgsz=job["img_size"], device="cpu", dynamic=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as the PyTorch CPU timing
-        session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x}
-        for _ in range(job["latency_warmup"]):
-            session.run(None, feed)
-        times = []
-        for _ in range(job["latency_runs"]):
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return round(statistics.median(times), 3), ""
+        run, _ = ort_session(onnx_file, x.cpu())
+        ms = timing.time_ms(run, None, warmup=job["latency_warmup"], repeat=job["latency_runs"])
+        return round(ms, 3), ""
     except Exception as e:  # export or runtime failure: report it, keep the rest of the row
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         msg = msg if len(msg) <= 200 else msg[:200] + " ..."

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ultra_vil import measure
+from ultra_vil.device import resolve_device
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ class DistInfo:
 def env_rank() -> int:
     """This process's rank from torchrun's environment (0 without torchrun), usable before `setup`."""
     return int(os.environ.get("RANK", "0"))
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:<local_rank> if CUDA is available else cpu; 'cuda' -> cuda:<local_rank>; 'cpu'; 'cuda:N'.
-
-    The rules of ultra_vil.measure.resolve_device (the one copy); its DeviceError is a RuntimeError, as before.
-    """
-    return measure.resolve_device(spec, local_rank)
 
 
 def setup(device_spec: str) -> DistInfo:

@@ -1,11 +1,13 @@
 """YOLO models' costs measured side by side in one process: fwd+bwd time and peak memory, batch-1 fused inference
 in PyTorch and in ONNX Runtime.
 
-Every model takes its turn in each round (A, B, C, A, B, C, ...: `ultra_vil.measure.compare_interleaved`), so all
+Every model takes its turn in each round (A, B, C, A, B, C, ...: `ultra_vil.bench.timing.compare_interleaved`), so all
 of them share the machine's noise and their ratios (min/min, median/median) hold on a busy machine where absolute
 times do not. Models are built from their YAMLs: the time of a forward pass does not depend on the weights' values.
 Used by scripts/benchmark.py (its yolo section) and by compare.py --costs (a study's cost ratios, beside the
 timings that each training process took alone, under whatever load the machine had during that run).
+`ort_session` is the one way ONNX files are run for timing (compare.py's per-run ONNX latency opens its export
+with it too).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ultra_vil import measure
+from ultra_vil.bench.memory import peak_mem_mb
+from ultra_vil.bench.timing import compare_interleaved
 
 LOGGER = logging.getLogger(__name__)
 
@@ -64,7 +67,6 @@ def build(cfgs: dict[str, str], nc: int, device: torch.device) -> dict[str, nn.M
 def onnx_session(model: nn.Module, x: torch.Tensor, path: Path):
     """Export a fused eval model to ONNX (TorchScript exporter, fixed shape) and open it in ONNX Runtime:
     (a function that runs it once on x, the execution provider)."""
-    import onnxruntime as ort
     from ultralytics.nn.modules import Detect
 
     m = copy.deepcopy(model)
@@ -74,8 +76,17 @@ def onnx_session(model: nn.Module, x: torch.Tensor, path: Path):
     with torch.no_grad():
         torch.onnx.export(m, x, str(path), opset_version=17, input_names=["images"], output_names=["output0"],
                           dynamo=False)  # fmt: skip
+    return ort_session(path, x)
+
+
+def ort_session(path: str | Path, x: torch.Tensor):
+    """Open the ONNX file `path` in ONNX Runtime with as many intra-op threads as torch uses (the same threads as
+    the PyTorch timing), on CUDA when x is a CUDA tensor and Runtime has that provider, else on the CPU:
+    (a function that runs it once on x, the execution provider)."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as the PyTorch timing
+    opts.intra_op_num_threads = torch.get_num_threads()
     providers = ["CUDAExecutionProvider"] if x.is_cuda and "CUDAExecutionProvider" in ort.get_available_providers() \
         else ["CPUExecutionProvider"]  # fmt: skip
     session = ort.InferenceSession(str(path), opts, providers=providers)
@@ -100,12 +111,12 @@ def measure_costs(models: dict[str, nn.Module], s: CostSettings, device: torch.d
         return run
 
     def compare(fns, rounds, warmup, dev):
-        return measure.compare_interleaved(fns, rounds=rounds, warmup=warmup, device=dev, max_seconds=s.max_seconds,
-                                           min_rounds=min(s.min_rounds, rounds))  # fmt: skip
+        return compare_interleaved(fns, rounds=rounds, warmup=warmup, device=dev, max_seconds=s.max_seconds,
+                                   min_rounds=min(s.min_rounds, rounds))  # fmt: skip
 
     fns = {name: train_step(m) for name, m in models.items()}
     out = {"train": compare(fns, s.rounds, s.warmup, device)}
-    out["train_mem_mb"] = {name: measure.peak_mem_mb(fn, device) for name, fn in fns.items()}
+    out["train_mem_mb"] = {name: peak_mem_mb(fn, device) for name, fn in fns.items()}
     for name, r in out["train"].items():
         LOGGER.info("%-20s fwd+bwd min %8.1f ms median %8.1f ms %8.1f MiB", name, r["min"], r["median"],
                     out["train_mem_mb"][name])  # fmt: skip

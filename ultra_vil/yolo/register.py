@@ -60,8 +60,8 @@ SKIP_VERSION_CHECK_ENV = "ULTRA_VIL_SKIP_VERSION_CHECK"
 
 # YAML name -> class. Every class here gets C2f's treatment (c1 inferred, c2 width-scaled, n as third argument).
 MODULES: dict[str, type[nn.Module]] = {"ViLStage": ViLStage, "ViLC2f": ViLC2f}
-MODULES.update({n: getattr(modules, n) for n in ("SequencerStage", "SequencerC2f", "VimStage", "VimC2f")})  # issue 13
-MODULES.update({n: getattr(modules, n) for n in ("ViLC3k2", "ViLC2PSA")})  # issue 12: YOLO11 / YOLO26
+MODULES.update({n: getattr(modules, n) for n in ("SequencerStage", "SequencerC2f", "VimStage", "VimC2f")})
+MODULES.update({n: getattr(modules, n) for n in ("ViLC3k2", "ViLC2PSA")})  # YOLO11 / YOLO26
 # ...of which these also get C3k2's special case (`m is C3k2` in parse_model: c3k=True at m/l/x, non-legacy head)
 C3K2_MODULES: dict[str, type[nn.Module]] = {"ViLC3k2": modules.ViLC3k2}
 # YAML name -> class, names only: Ultralytics passes their arguments as written (like TorchVision's)
@@ -201,7 +201,7 @@ class _ExtendModuleSets(ast.NodeTransformer):
         return node
 
     def visit_Compare(self, node: ast.Compare) -> ast.AST:
-        """`m is C3k2` -> `(m is C3k2 or m in _ultra_vil_c3k2_modules)`: ViLC3k2 gets C3k2's scale rule (issue 12)."""
+        """`m is C3k2` -> `(m is C3k2 or m in _ultra_vil_c3k2_modules)`: ViLC3k2 gets C3k2's scale rule."""
         self.generic_visit(node)
         is_c3k2 = (
             len(node.ops) == 1
@@ -459,7 +459,7 @@ def patch_checkpoint_guard() -> bool:
 
 
 # ------------------------------------------------------------------------------------------- model YAMLs by name
-# `yolo train model=yolov8n-vil.yaml` from any folder (issue 12): Ultralytics' `yaml_model_load` resolves a model
+# `yolo train model=yolov8n-vil.yaml` from any folder: Ultralytics' `yaml_model_load` resolves a model
 # YAML with `check_yaml(name, hard=False) or check_yaml(<name without the scale letter>)`, and check_yaml (via
 # check_file) takes an existing path as it is, else searches Ultralytics' own package folder. `tasks.check_yaml` is
 # wrapped to try our packaged YAMLs after both of those, for bare file names only (no folder part), so a local file

@@ -1,4 +1,4 @@
-"""The Sequencer and Vim YOLO modules and YAMLs (issue 13): registration, every scale with the stock channel plan,
+"""The Sequencer and Vim YOLO modules and YAMLs: registration, every scale with the stock channel plan,
 the YAMLs differ from cfg/yolov8-vil.yaml only in the mixer, forward on square and rectangular inputs, gradients to
 every mixer parameter, argument errors that name the layer, module and argument. CPU, 64 px.
 """
@@ -6,7 +6,6 @@ every mixer parameter, argument errors that name the layer, module and argument.
 from __future__ import annotations
 
 import copy
-import math
 import re
 import warnings
 from pathlib import Path
@@ -19,7 +18,13 @@ import ultra_vil.yolo as uy
 from ultra_vil.yolo import register as reg
 from ultra_vil.yolo.modules import SequencerC2f, SequencerStage, ViLStage, VimC2f, VimStage
 
-from helpers.yolo import check_forward_square_and_rectangular, parse_on_meta, scale_n_model, scaled  # noqa: E402  (after the registration)
+from helpers.yolo import (  # noqa: E402  (after the registration)
+    assert_stock_channel_plan,
+    check_forward_square_and_rectangular,
+    parse_on_meta,
+    scale_n_model,
+    scaled,
+)
 
 tasks = pytest.importorskip("ultralytics.nn.tasks")
 
@@ -66,23 +71,7 @@ def test_only_the_mixer_differs_from_the_vil_yaml(mixer):
 def test_every_scale_builds_with_the_stock_channel_plan(mixer):
     """At each of n/s/m/l/x every mixer C2f has the channels, depth and hidden width of the stock YOLOv8 C2f it
     replaces (a module outside Ultralytics' width / depth scaling would not)."""
-    cfg = MIXER_CFGS[mixer]
-    d = yaml.safe_load(cfg.read_text())
-    rows = d["backbone"] + d["head"]
-    assert list(d["scales"]) == list("nsmlx")
-    for scale, (depth, width, max_channels) in d["scales"].items():
-        layers = parse_on_meta(scaled(cfg, scale))
-        stock = parse_on_meta(f"yolov8{scale}.yaml")
-        found = [m for m in layers if isinstance(m, MIXER_TYPES)]
-        assert len(found) == 2
-        for m in found:
-            row_n, args = rows[m.i][1], rows[m.i][3]
-            assert m.n == max(round(row_n * depth), 1) == len(m.m), f"{scale} layer {m.i}: depth"
-            assert m.c2 == math.ceil(min(args[0], max_channels) * width / 8) * 8, f"{scale} layer {m.i}: width"
-            ref = stock[m.i]
-            assert type(ref).__name__ == "C2f"
-            got = (m.c1, m.c2, m.n, m.c)
-            assert got == (ref.cv1.conv.in_channels, ref.cv2.conv.out_channels, len(ref.m), ref.c), f"{scale} {m.i}"
+    assert len(assert_stock_channel_plan(MIXER_CFGS[mixer], MIXER_TYPES, MIXER_TYPES)) == 2
 
 
 @pytest.mark.parametrize("mixer", list(MIXER_CFGS))
@@ -127,7 +116,7 @@ def test_stage_is_its_blocks_on_row_major_tokens(stage_cls):
         torch.testing.assert_close(stage(x), seq.reshape(2, 3, 5, 16).permute(0, 3, 1, 2))
 
 
-def test_module_arguments_direct():
+def test_mixer_module_arguments():
     """The public argument orders and what n counts (Sequencer2D blocks; pairs of Vim blocks); any H x W works;
     a unit has about the parameters of a ViL block pair."""
     seq = SequencerC2f(8, 24, 2, 0.5, 0.25, 3.0, 0.0)

@@ -1,4 +1,4 @@
-"""compare.py's verdict on fixed inputs (issue 12): synthetic compare.csv files, no training.
+"""compare.py's verdict on fixed inputs: synthetic compare.csv files, no training.
 
 Clearly better -> "better"; overlapping seeds -> "no difference detectable with N seeds"; clearly worse -> "worse";
 one seed -> no claim. Also the t quantiles, the pairing by seed, baseline picking and the report's first section.

@@ -1,4 +1,4 @@
-"""torch.compile-readiness of the ViL modules (CPU). The benchmark's own tests are in tests/test_benchmark.py."""
+"""torch.compile of the ViL modules on CPU: dynamo captures them without graph breaks."""
 
 import pytest
 import torch

@@ -109,7 +109,7 @@ def test_writes_csv_md_png_with_every_column_filled(first_run):
     assert int(rows[0]["params"]) == 3_011_238  # yolov8n with 2 classes, as Ultralytics builds it
     md = (out / "compare.md").read_text()
     assert "| yolov8n | 3.01 ± 0.00 |" in md and f"| {vil_tag} |" in md
-    verdict = md.split("## Verdicts\n\n", 1)[1].splitlines()[0]  # the report's first section (issue 12)
+    verdict = md.split("## Verdicts\n\n", 1)[1].splitlines()[0]  # the report's first section
     assert md.index("## Verdicts") < md.index("## Runs") and verdict.startswith(f"- **{vil_tag} vs yolov8n: ")
     assert "95% paired t-interval] over 2 seed(s)" in verdict and " n/a" not in md.split("## Runs")[0]
     assert "Reproduce by: `python scripts/compare.py --data" in md

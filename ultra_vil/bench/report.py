@@ -1,5 +1,5 @@
-"""The benchmark's report: benchmark.csv rows read back, issue 9's target table, the mixers-vs-attention table,
-benchmark.md and benchmark.png, and the merge of several runs into one report.
+"""The benchmark's report: one CSV row per contender and size, the targets table, the mixers-vs-attention table,
+benchmark.md and benchmark.png, benchmark.csv read back, and the merge of several runs into one report.
 
 scripts/benchmark.py measures and writes through this module; scripts/readme_tables.py builds the README's tables
 from a committed benchmark.csv with the same functions, so the README and benchmark.md cannot disagree.
@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
-from ultra_vil import benchmark as B
+from ultra_vil.mlstm.dispatch import read_dispatch, write_dispatch
 
 SECTIONS = ("mlstm", "dispatch", "block", "classifier", "yolo")
 FIELDS = ["section", "name", "x", "min_ms", "median_ms", "rounds", "peak_mem_mb", "throughput", "vs", "ratio_min",
           "ratio_median", "note"]  # fmt: skip
+
+
+def row(section, name, x, res=None, mem=None, thr=None, vs="", ratio=None, note=""):
+    """One CSV row (FIELDS); `res` is a compare_interleaved entry, `ratio` (min/min, median/median) against `vs`.
+    Numbers are rounded (ms to 3 places, img/s to 2); a missing or non-finite one is an empty cell."""
+    fmt = lambda v, d: "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, d)
+    return dict(section=section, name=name, x=x, min_ms=fmt(res and res["min"], 3),
+                median_ms=fmt(res and res["median"], 3), rounds=len(res["times"]) if res else "",
+                peak_mem_mb=fmt(mem, 3), throughput=fmt(thr, 2), vs=vs, ratio_min=fmt(ratio and ratio[0], 3),
+                ratio_median=fmt(ratio and ratio[1], 3), note=note)  # fmt: skip
 
 
 def _get(rows, section, name, x=None):
@@ -26,7 +37,7 @@ def _get(rows, section, name, x=None):
 
 
 def targets(rows) -> list[tuple[str, str, str, str]]:
-    """(measured, min ratio, median ratio, target and verdict) for each row of issue 9's table that was run."""
+    """(measured, min ratio, median ratio, target and verdict) for each row of the targets table that was run."""
     out = []
 
     def verdict(value, limit, at_most=True):
@@ -59,7 +70,7 @@ def targets(rows) -> list[tuple[str, str, str, str]]:
                 s_min, s_med = o["min_ms"] / r["min_ms"], o["median_ms"] / r["median_ms"]
                 target = 1.3 if other == "official" else None
                 label = f"ViL-T {what}, {r['x']} px, speed-up vs {other}"
-                label += " (3c73528)" if other == "baseline" else ""
+                label += " (0.1.0)" if other == "baseline" else ""
                 if target:
                     add(label, s_min, s_med, target, at_most=False)
                 else:
@@ -88,7 +99,7 @@ def targets(rows) -> list[tuple[str, str, str, str]]:
 
 def mixer_table(sec: list[dict]) -> list[str]:
     """Where each mixer's slot unit is cheaper than attention: time (min/min of the same interleaved rounds) and
-    peak-memory ratios against the issue's transformer layer (dropout 0.1) and, when measured, the dropout-0 one."""
+    peak-memory ratios against the reference transformer layer (dropout 0.1) and, when measured, the dropout-0 one."""
     sizes = sorted({r["x"] for r in sec})
     refs = [(n, label) for n, label in (("transformer_layer", "the transformer layer (PyTorch default, dropout "
             "0.1)"), ("transformer_layer_p0", "the same layer with dropout 0 (SDPA's fused path)"))
@@ -133,7 +144,7 @@ def write_outputs(rows, out_dir: Path, header: str, notes: list[str], dispatch: 
              "median/median. Time ratio < 1: faster than the reference; speed-up > 1: faster.", ""]  # fmt: skip
     tgt = targets(rows)
     if tgt:
-        lines += ["## Targets of issue 9", "", "| measured | min ratio | median ratio | target |", "|---|---|---|---|"]
+        lines += ["## Targets", "", "| measured | min ratio | median ratio | target |", "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in tgt] + [""]
     if notes:
         lines += ["Notes: " + "; ".join(notes), ""]
@@ -239,9 +250,9 @@ def merge(dirs: list[Path], out_dir: Path, note: str) -> int:
             headers.append(f"{d.name}: {lines[0].removeprefix('# Benchmark (').removesuffix(')')}")
             notes += [x.removeprefix("Notes: ") for x in lines if x.startswith("Notes: ")]
         if (d / "mlstm_dispatch.json").is_file():
-            dispatch = B.read_dispatch(d / "mlstm_dispatch.json")
-            B.write_dispatch(out_dir / "mlstm_dispatch.json", {k: v for k, v in dispatch.items() if k != "comment"},
-                             dispatch["comment"])  # fmt: skip
+            dispatch = read_dispatch(d / "mlstm_dispatch.json")
+            write_dispatch(out_dir / "mlstm_dispatch.json", {k: v for k, v in dispatch.items() if k != "comment"},
+                           dispatch["comment"])  # fmt: skip
     rows.sort(key=lambda r: SECTIONS.index(r["section"]))
     header = f"merged from {len(dirs)} runs" + (f", {note}" if note else "")
     write_outputs(rows, out_dir, header, (["runs: " + " | ".join(headers)] if headers else []) + notes, dispatch)

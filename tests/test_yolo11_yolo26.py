@@ -1,4 +1,4 @@
-"""ViL in YOLO11 and YOLO26 (issue 12): ViLC3k2 / ViLC2PSA, cfg/yolo11-vil.yaml, cfg/yolo26-vil.yaml, and the
+"""ViL in YOLO11 and YOLO26: ViLC3k2 / ViLC2PSA, cfg/yolo11-vil.yaml, cfg/yolo26-vil.yaml, and the
 packaged YAMLs found by name.
 
 In process (CPU, 64 px): every scale builds with the stock channel plan and C3k2's c3k switch, forward at 64 x 64 and
@@ -137,7 +137,7 @@ def test_backward_reaches_every_vil_parameter(gen):
     assert checked > 50
 
 
-def test_module_arguments_direct():
+def test_c3k2_and_c2psa_arguments():
     with pytest.raises(ValueError, match="ViLC3k2: argument 'c3k'"):
         ViLC3k2(32, 64, 1, 0.5)  # C3k2's order is (c2, c3k, e): a ratio in the c3k slot
     with pytest.raises(ValueError, match="ViLC2PSA: argument 'c2'"):
