@@ -36,25 +36,8 @@ def rel_err(a, b):
 
 
 def make_inputs(B, NH, S, DK, DV, with_state, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k = (torch.randn(B, NH, S, DK, generator=g, dtype=torch.float64) for _ in range(2))
-    v = torch.randn(B, NH, S, DV, generator=g, dtype=torch.float64)
-    i = 3.0 * torch.randn(B, NH, S, generator=g, dtype=torch.float64)
-    f = 3.0 * torch.randn(B, NH, S, generator=g, dtype=torch.float64) + 2.0
-    ts = [q, k, v, i, f]
-    if with_state:  # a state as a previous call would leave it: finite m, C and n of moderate size
-        ts += [
-            0.3 * torch.randn(B, NH, DK, DV, generator=g, dtype=torch.float64),
-            0.3 * torch.randn(B, NH, DK, generator=g, dtype=torch.float64),
-            torch.randn(B, NH, generator=g, dtype=torch.float64),
-        ]
-    weights = [  # random projections of h, C, n, m: the loss reaches every output
-        torch.randn(B, NH, S, DV, generator=g, dtype=torch.float64),
-        torch.randn(B, NH, DK, DV, generator=g, dtype=torch.float64),
-        torch.randn(B, NH, DK, generator=g, dtype=torch.float64),
-        torch.randn(B, NH, generator=g, dtype=torch.float64),
-    ]
-    return ts, weights
+    """([q, k, v, igate, fgate] (+ [C0, n0, m0]), [projections of h, C, n, m]): the self-check's own inputs."""
+    return mt.reference_inputs(B, NH, S, DK, DV, with_state, seed)
 
 
 def run(ts, weights, *, triton, dtype=torch.float64, chunk_size=64, reverse=False):

@@ -6,7 +6,7 @@ One concern a file:
     memory          peak_mem_mb / cpu_memory_mb (torch's allocations of one call), peak_memory (a whole block: CUDA
                     allocator peak or the process's peak RSS), with the profiler's log kept quiet
     guard           the float64 correctness check every mLSTM backend passes before it is timed; triton's status
-    preset          the sizes and rounds of a run (Preset), the interleaved comparison at them, the code version
+    sizes           the sizes and rounds of a run (Preset), the interleaved comparison at them, the code version
     mlstm_sections  (a) mLSTM backends vs SDPA, and the dispatch grid behind `auto`'s thresholds
     model_sections  (b) one YOLO slot's mixers vs a transformer layer, (c) the ViL-T classifier against other
                     checkouts, (d) YOLOv8n vs YOLOv8n-ViL

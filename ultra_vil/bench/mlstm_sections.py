@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ultra_vil.bench import guard
 from ultra_vil.bench.memory import peak_mem_mb
-from ultra_vil.bench.preset import Preset, compare
+from ultra_vil.bench.sizes import Preset, compare
 from ultra_vil.bench.report import row
 from ultra_vil.bench.timing import ratios
 from ultra_vil.mlstm.dispatch import DISPATCH_TABLE_PATH, pick_backend, read_dispatch, write_dispatch

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ultra_vil.bench.memory import peak_mem_mb
-from ultra_vil.bench.preset import Preset, compare
+from ultra_vil.bench.sizes import Preset, compare
 from ultra_vil.bench.report import row
 from ultra_vil.bench.timing import ratios
 from ultra_vil.bench.workers import Worker

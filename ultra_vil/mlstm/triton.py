@@ -398,12 +398,12 @@ def _rel(a: Tensor, b: Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def _compare_to_reference(B, NH, S, DK, DV, L, dtype, with_state, reverse, device, seed=0) -> dict[str, float]:
-    """Relative errors of h, the final state and all gradients (loss: random projections of h and the state).
+def reference_inputs(B, NH, S, DK, DV, with_state: bool, seed: int = 0) -> tuple[list[Tensor], list[Tensor]]:
+    """Seeded float64 inputs of a check against the recurrence, and random projections of its outputs.
 
-    The reference is the float64 recurrence (the flipped inputs' recurrence, flipped back, for `reverse`)."""
-    from .api import mlstm
-
+    Returns ([q, k, v, igate, fgate] (+ [C0, n0, m0] with `with_state`: a state as a previous call would leave it,
+    finite and of moderate size), [weights of h, C, n, m]): a loss of those projections reaches every output.
+    Gates are spread (3 x randn, forget gates + 2) so that stabiliser and normaliser both matter."""
     g = torch.Generator().manual_seed(seed)
     q, k = (torch.randn(B, NH, S, DK, generator=g, dtype=torch.float64) for _ in range(2))
     v = torch.randn(B, NH, S, DV, generator=g, dtype=torch.float64)
@@ -411,16 +411,23 @@ def _compare_to_reference(B, NH, S, DK, DV, L, dtype, with_state, reverse, devic
     fg = 3.0 * torch.randn(B, NH, S, generator=g, dtype=torch.float64) + 2.0
     inputs = [q, k, v, ig, fg]
     if with_state:
-        state = [
+        inputs += [
             torch.randn(B, NH, DK, DV, generator=g, dtype=torch.float64) * 0.3,
             torch.randn(B, NH, DK, generator=g, dtype=torch.float64) * 0.3,
             torch.randn(B, NH, generator=g, dtype=torch.float64),
         ]
-        inputs += state
-    wh = torch.randn(B, NH, S, DV, generator=g, dtype=torch.float64)
-    wC = torch.randn(B, NH, DK, DV, generator=g, dtype=torch.float64)
-    wn = torch.randn(B, NH, DK, generator=g, dtype=torch.float64)
-    wm = torch.randn(B, NH, generator=g, dtype=torch.float64)
+    weights = [torch.randn(*shape, generator=g, dtype=torch.float64)
+               for shape in ((B, NH, S, DV), (B, NH, DK, DV), (B, NH, DK), (B, NH))]  # fmt: skip
+    return inputs, weights
+
+
+def _compare_to_reference(B, NH, S, DK, DV, L, dtype, with_state, reverse, device, seed=0) -> dict[str, float]:
+    """Relative errors of h, the final state and all gradients (loss: random projections of h and the state).
+
+    The reference is the float64 recurrence (the flipped inputs' recurrence, flipped back, for `reverse`)."""
+    from .api import mlstm
+
+    inputs, (wh, wC, wn, wm) = reference_inputs(B, NH, S, DK, DV, with_state, seed)
     # inputs rounded to the tested dtype, so the reference sees exactly what the kernel sees
     inputs = [t.to(dtype).double() if j < 3 else t for j, t in enumerate(inputs)]
 

@@ -3,11 +3,13 @@ token-stage body (map -> row-major tokens over the runtime grid -> blocks -> map
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 from ultralytics.nn.modules import Conv
 
-from ultra_vil.yolo.args import check_channels, check_hidden, check_ratio
+from ultra_vil.yolo.args import check_channels, check_hidden, check_int, check_ratio, check_vil_width
 
 PUBLIC_PATH = "ultra_vil.yolo.modules"  # the module path checkpoints pickle for every class below and its subclasses
 
@@ -33,6 +35,14 @@ class YOLOModule(nn.Module):
         name = self._check_channels(c1, c2, n, same=same)
         hidden = check_hidden(name, e, c1 if same else c2)
         check_ratio(name, "drop_path", drop_path, 0.0, 1.0)
+        return name, hidden
+
+    def _check_vil_hidden(self, c1, c2, n, e, expansion, drop_path, *, same: bool = False) -> tuple[str, int]:
+        """`_check_hidden`, then `expansion` a positive integer and the hidden channels a width ViL layers take."""
+        name, hidden = self._check_hidden(c1, c2, n, e, drop_path, same=same)
+        check_int(name, "expansion", expansion, 1)
+        of = f"int(c1 x e) = int({c1} x {e})" if same else f"int(c2 x e) = int({c2} x {e})"
+        check_vil_width(name, "e", e, hidden, expansion, f"hidden channels {of}")
         return name, hidden
 
 
@@ -61,8 +71,13 @@ class _TokenStage(YOLOModule):
     blocks: nn.ModuleList
 
     def forward(self, x: Tensor) -> Tensor:
-        B, C, H, W = x.shape
-        seq = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C), row-major
-        for block in self.blocks:
-            seq = block(seq, (H, W))  # (B, H*W, C)
-        return seq.transpose(1, 2).reshape(B, C, H, W)  # (B, H*W, C) -> (B, C, H, W)
+        return on_tokens(x, self.blocks)
+
+
+def on_tokens(x: Tensor, blocks: Iterable[nn.Module]) -> Tensor:
+    """(B, C, H, W) -> row-major tokens (B, H*W, C) -> each block(tokens, (H, W)) in turn -> (B, C, H, W)."""
+    B, C, H, W = x.shape
+    seq = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C), row-major
+    for block in blocks:
+        seq = block(seq, (H, W))  # (B, H*W, C)
+    return seq.transpose(1, 2).reshape(B, C, H, W)  # (B, H*W, C) -> (B, C, H, W)

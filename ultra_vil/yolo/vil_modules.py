@@ -20,7 +20,7 @@ from ultra_vil.yolo.args import (
     check_ratio,
     check_vil_width,
 )
-from ultra_vil.yolo.base import YOLOModule, _MixerC2f
+from ultra_vil.yolo.base import YOLOModule, _MixerC2f, on_tokens
 
 
 class ViLStage(YOLOModule):
@@ -54,11 +54,7 @@ class ViLStage(YOLOModule):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        B, C, H, W = x.shape
-        seq = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C), row-major
-        for pair in self.pairs:
-            seq = pair(seq, (H, W))  # (B, H*W, C)
-        return seq.transpose(1, 2).reshape(B, C, H, W)  # (B, H*W, C) -> (B, C, H, W)
+        return on_tokens(x, self.pairs)  # the pairs on the map's row-major tokens over its (H, W) grid
 
 
 class ViLC2f(_MixerC2f):
@@ -82,9 +78,7 @@ class ViLC2f(_MixerC2f):
         self, c1: int, c2: int, n: int = 1, e: float = 0.5, expansion: int = 2, drop_path: float = 0.0
     ) -> None:
         super().__init__()
-        name, self.c = self._check_hidden(c1, c2, n, e, drop_path)  # hidden channels
-        check_int(name, "expansion", expansion, 1)
-        check_vil_width(name, "e", e, self.c, expansion, f"hidden channels int(c2 x e) = int({c2} x {e})")
+        name, self.c = self._check_vil_hidden(c1, c2, n, e, expansion, drop_path)  # hidden channels
         self._build(c1, c2, n, [ViLStage(self.c, self.c, 1, expansion, drop_path) for _ in range(n)])
 
 
@@ -123,9 +117,7 @@ class ViLC3k(YOLOModule):
         self, c1: int, c2: int, n: int = 2, e: float = 0.5, expansion: int = 2, drop_path: float = 0.0
     ) -> None:
         super().__init__()
-        name, c_ = self._check_hidden(c1, c2, n, e, drop_path)
-        check_int(name, "expansion", expansion, 1)
-        check_vil_width(name, "e", e, c_, expansion, f"hidden channels int(c2 x e) = int({c2} x {e})")
+        name, c_ = self._check_vil_hidden(c1, c2, n, e, expansion, drop_path)
         self.c1, self.c2, self.n = c1, c2, n
         self.cv1 = Conv(c1, c_, 1, 1)
         self.cv2 = Conv(c1, c_, 1, 1)
@@ -206,9 +198,7 @@ class ViLC2PSA(YOLOModule):
         self, c1: int, c2: int, n: int = 1, e: float = 0.5, expansion: int = 2, drop_path: float = 0.0
     ) -> None:
         super().__init__()
-        name, self.c = self._check_hidden(c1, c2, n, e, drop_path, same=True)
-        check_int(name, "expansion", expansion, 1)
-        check_vil_width(name, "e", e, self.c, expansion, f"hidden channels int(c1 x e) = int({c1} x {e})")
+        name, self.c = self._check_vil_hidden(c1, c2, n, e, expansion, drop_path, same=True)
         self.c1, self.c2, self.n = c1, c2, n
         self.cv1 = Conv(c1, 2 * self.c, 1, 1)
         self.cv2 = Conv(2 * self.c, c1, 1)
