@@ -46,7 +46,7 @@ import torch
 from ultra_vil.bench.guard import triton_status
 from ultra_vil.bench.mlstm_sections import bench_dispatch, bench_mlstm, save_dispatch
 from ultra_vil.bench.model_sections import bench_block, bench_classifier, bench_yolo
-from ultra_vil.bench.preset import make_preset, source_version
+from ultra_vil.bench.sizes import make_preset, source_version
 from ultra_vil.bench.report import SECTIONS, merge, write_outputs
 from ultra_vil.device import device_name, resolve_device
 from ultra_vil.errors import UserError

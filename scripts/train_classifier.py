@@ -24,6 +24,7 @@ loss) is one line, `error: <file>: <cause>`, with exit status 2; --debug adds th
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 
@@ -61,5 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_worker(code: int) -> None:
+    """Leave a torchrun worker without the interpreter's shutdown: with gloo, torch 2.14's process group can abort
+    in its C++ destructors at exit ("terminate called without an active exception", SIGABRT) after
+    destroy_process_group, though the run is finished and saved, and torchrun then reports the whole job failed.
+    Outputs are flushed first; everything written to disk was written atomically (fsync, rename) before."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        exit_worker(code)
+    sys.exit(code)

@@ -5,7 +5,7 @@
 """
 
 from ultra_vil.classifier import VARIANTS, VisionLSTM, create_model, load_checkpoint, save_checkpoint
-from ultra_vil.mlstm import mlstm
+from ultra_vil import mlstm  # the package; calling it calls ultra_vil.mlstm.mlstm (see ultra_vil/mlstm/__init__.py)
 
 __all__ = ["VARIANTS", "VisionLSTM", "create_model", "load_checkpoint", "mlstm", "save_checkpoint"]
 __version__ = "0.1.0"

@@ -25,12 +25,17 @@ Files:
     dispatch.py      `auto`'s measured thresholds (mlstm_dispatch.json): format, rule, reading, writing, defaults
     recurrent.py     gates, state, readout and the step recurrence (the specification)
     chunkwise.py     the chunked scan behind `parallel` (one chunk) and `chunkwise`, with its own backward
+    ops.py           that scan as torch.library custom ops (opaque to torch.compile, fake shapes, autograd)
     triton.py        the fused Triton kernels' launcher and checks (optional: needs triton); triton_kernels.py
 """
 
 
 from __future__ import annotations
 
+import sys
+import types
+
+from . import ops  # noqa: F401  (registers the torch.library ops ultra_vil::mlstm_chunks*)
 from .api import mlstm
 from .chunkwise import fit_chunk
 from .dispatch import (
@@ -55,3 +60,15 @@ __all__ = [
     "PARALLEL_MAX_SEQ", "dispatch_entry", "empty_state", "fit_chunk", "load_dispatch", "log_forget_gate", "mlstm",
     "mlstm_step", "pick_backend", "read_dispatch", "select_backend", "validate_dispatch", "write_dispatch",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """`ultra_vil.mlstm` is this package, and calling it calls the `mlstm` function: `from ultra_vil import mlstm`
+    then `mlstm(q, k, v, igate, fgate)` works as it always has (dynamo traces the call like the function's),
+    while `import ultra_vil.mlstm` (and `import ultra_vil.mlstm.ops`) gives the package."""
+
+    def __call__(self, *args, **kwargs):
+        return mlstm(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from .chunkwise import _sanitize, _scan, fit_chunk
+from .chunkwise import _sanitize, fit_chunk
+from .ops import _scan
 from .dispatch import BACKENDS, select_backend
 from .recurrent import MLSTMState, _recurrent, _require_floating, empty_state, log_forget_gate
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .recurrent import EXP_MAX, LOGF_MIN, MLSTMState, _finite_ref
+from .recurrent import EXP_MAX, LOGF_MIN, _finite_ref
 
 
 def _cumsum(x: Tensor, reverse: bool) -> Tensor:
@@ -111,6 +111,8 @@ def _chunk_mix(A: tuple[Tensor, Tensor], m_loc: Tensor, m0: Tensor | None, rever
 
     def to_start(x: Tensor) -> Tensor:  # (..., NC) to chunk ends -> (..., NC+1) to chunk starts, row NC: the end
         # (= x - g, formed without g so a NaN in chunk c reaches only later chunks)
+        if NC == 1:  # [0, x]; written without the empty slice x[..., :0] (see INDUCTOR_EMPTY_SLICE)
+            return torch.cat([torch.zeros_like(x), x], -1)
         parts = [F.pad(x[..., 1:], (0, 1)), x[..., :1]] if reverse else [F.pad(x[..., :-1], (1, 0)), x[..., -1:]]
         return torch.cat(parts, -1)
 
@@ -181,169 +183,172 @@ def _state_scan_backward(dC_all, dn_all, g, m_loc, m_all, log_init, reverse):
     return dC_loc, dn_loc, T, t  # the first chunk's m is m0, so C0 enters with weight 1
 
 
-class _ChunkwiseMLSTM(torch.autograd.Function):
-    """Chunkwise mLSTM with a hand-written backward that recomputes the (L, L) matrices (FlashAttention-style).
+# The chunked scan's two passes, as plain functions: ultra_vil/mlstm/ops.py registers them as one torch.library
+# custom op with its autograd formula, so that torch.compile treats the scan as one opaque call.
+#
+# A hand-written backward that recomputes the (L, L) matrices (FlashAttention-style). Saved for backward: q, k, v,
+# the gates, the (C, n, m) state entering every chunk, and per step m and the normaliser's denominator:
+# O(S * (DK + DV) + S / L * DK * DV) per batch and head, nothing of size S * L. The parallel backend is this with
+# one chunk of L = S. Inputs are chunked views (B, NH, NC, L, D) of tensors whose S is a multiple of L (the
+# caller pads). The stabilisers (m of every state, m_loc of every summary) cancel out of h except through the
+# normaliser's max(|den|, exp(-m_t)) + eps; backward differentiates that dependence through the chain of maxima
+# (to the argmax of each), which is what autograd does on the recurrence.
 
-    Saved for backward: q, k, v, the gates, the (C, n, m) state entering every chunk, and per step m and the
-    normaliser's denominator: O(S * (DK + DV) + S / L * DK * DV) per batch and head, nothing of size S * L.
-    The parallel backend is this with one chunk of L = S.
 
-    Inputs are chunked views (B, NH, NC, L, D) of tensors whose S is a multiple of L (the caller pads). The
-    stabilisers (m of every state, m_loc of every summary) cancel out of h except through the normaliser's
-    max(|den|, exp(-m_t)) + eps; backward differentiates that dependence through the chain of maxima (to the
-    argmax of each), which is what autograd does on the recurrence.
+def chunks_forward(qc, kc, vc, ic, fc, C0, n0, m0, eps: float, reverse: bool, out_dtype, need_final: bool):
+    """The scan's outputs and what its backward needs: (h (B, NH, NC, L, DV), C_all (B, NH, NC+1, DK, DV),
+    n_all (B, NH, NC+1, DK), m_all (B, NH, NC+1), den, m_t (B, NH, NC, L), kept). Row c < NC of the states enters
+    chunk c, row NC is the final state; `kept` is () or, for one chunk, (D, P, argmax, row max) of its (L, L) form.
     """
+    B, NH, NC, L, DK = qc.shape
+    DV = vc.shape[-1]
+    acc = ic.dtype
+    log_scale = -0.5 * math.log(DK)  # keys scaled by 1/sqrt(DK), folded into the exponents
+    row, col, a, g, lo, A = _chunk_gates(ic, fc, reverse)
 
-    @staticmethod
-    def forward(ctx, qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype, need_final):
-        B, NH, NC, L, DK = qc.shape
-        DV = vc.shape[-1]
-        acc = ic.dtype
-        log_scale = -0.5 * math.log(DK)  # keys scaled by 1/sqrt(DK), folded into the exponents
-        row, col, a, g, lo, A = _chunk_gates(ic, fc, reverse)
+    # what each chunk alone writes into the memory, stabilised by its own max (-inf: nothing written). One chunk
+    # and no final state wanted (the parallel backend's usual call): no summary is read, so none is made
+    skip = NC == 1 and not need_final
+    if skip:
+        m_loc = torch.full_like(g, float("-inf"), dtype=acc)  # (B, NH, 1)
+        n_loc = qc.new_zeros(B, NH, 1, DK, dtype=acc)
+        C_loc = qc.new_zeros(B, NH, 1, DK, DV, dtype=acc)
+    else:
+        m_loc = a.amax(-1)  # (B, NH, NC)
+        wa = torch.exp(a - (_finite_ref(m_loc) - log_scale)[..., None]).nan_to_num_(nan=0.0)  # (B, NH, NC, L)
+        kw = kc * wa[..., None]  # (B, NH, NC, L, DK)  acc dtype; scaled keys times their write weights
+        n_loc = kw.sum(-2)  # (B, NH, NC, DK)
+        C_loc = _mm(kw.to(qc.dtype).transpose(-2, -1), vc, acc)  # (B, NH, NC, DK, DV)
+        del kw
 
-        # what each chunk alone writes into the memory, stabilised by its own max (-inf: nothing written). One chunk
-        # and no final state wanted (the parallel backend's usual call): no summary is read, so none is made
-        skip = NC == 1 and not need_final
-        if skip:
-            m_loc = torch.full_like(g, float("-inf"), dtype=acc)  # (B, NH, 1)
-            n_loc = qc.new_zeros(B, NH, 1, DK, dtype=acc)
-            C_loc = qc.new_zeros(B, NH, 1, DK, DV, dtype=acc)
-        else:
-            m_loc = a.amax(-1)  # (B, NH, NC)
-            wa = torch.exp(a - (_finite_ref(m_loc) - log_scale)[..., None]).nan_to_num_(nan=0.0)  # (B, NH, NC, L)
-            kw = kc * wa[..., None]  # (B, NH, NC, L, DK)  acc dtype; scaled keys times their write weights
-            n_loc = kw.sum(-2)  # (B, NH, NC, DK)
-            C_loc = _mm(kw.to(qc.dtype).transpose(-2, -1), vc, acc)  # (B, NH, NC, DK, DV)
-            del kw
-
-        logw, log_init = _chunk_mix(A, m_loc, m0, reverse, acc)
-        m_all = logw.amax(-1)  # (B, NH, NC+1)
+    logw, log_init = _chunk_mix(A, m_loc, m0, reverse, acc)
+    m_all = logw.amax(-1)  # (B, NH, NC+1)
+    if log_init is not None:
+        m_all = torch.maximum(m_all, log_init)
+    if NC > LOOP_MIN_CHUNKS:  # the loop: O(NC) work where the matmul below is O(NC^2)
+        C_all, n_all = _state_scan(C_loc, n_loc, g, m_loc, m_all, C0, n0, reverse)
+    else:
+        w_in = torch.exp(logw - _finite_ref(m_all)[..., None])  # (B, NH, NC+1, NC)
+        C_all = (w_in @ C_loc.flatten(-2)).unflatten(-1, (DK, DV))  # (B, NH, NC+1, DK, DV)
+        n_all = w_in @ n_loc  # (B, NH, NC+1, DK)
         if log_init is not None:
-            m_all = torch.maximum(m_all, log_init)
-        if NC > LOOP_MIN_CHUNKS:  # the loop: O(NC) work where the matmul below is O(NC^2)
-            C_all, n_all = _state_scan(C_loc, n_loc, g, m_loc, m_all, C0, n0, reverse)
-        else:
-            w_in = torch.exp(logw - _finite_ref(m_all)[..., None])  # (B, NH, NC+1, NC)
-            C_all = (w_in @ C_loc.flatten(-2)).unflatten(-1, (DK, DV))  # (B, NH, NC+1, DK, DV)
-            n_all = w_in @ n_loc  # (B, NH, NC+1, DK)
-            if log_init is not None:
-                w0 = torch.exp(log_init - _finite_ref(m_all))  # (B, NH, NC+1)
-                C_all += w0[..., None, None] * C0[:, :, None]
-                n_all += w0[..., None] * n0[:, :, None]
-            del w_in
-        del C_loc
+            w0 = torch.exp(log_init - _finite_ref(m_all))  # (B, NH, NC+1)
+            C_all += w0[..., None, None] * C0[:, :, None]
+            n_all += w0[..., None] * n0[:, :, None]
+        del w_in
+    del C_loc
 
-        has_state = NC > 1 or C0 is not None  # else every chunk starts empty: no state terms to compute
-        # one chunk (the parallel backend): the quadratic form's memory is O(S^2) anyway, so keep its two (S, S)
-        # matrices for backward instead of recomputing them (short sequences: speed matters more than memory)
-        keep = NC == 1
-        h, den, m_t, kept = _intra_forward(qc, kc, vc, row, col, lo, C_all[:, :, :NC], n_all[:, :, :NC],
-                                           m_all[..., :NC], eps, reverse, log_scale, out_dtype, has_state, keep)
-        ctx.save_for_backward(qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t, *kept)
-        ctx.eps, ctx.reverse, ctx.skip, ctx.has_state = eps, reverse, skip, has_state
-        return h, C_all[:, :, NC], n_all[:, :, NC], m_all[..., NC]
+    has_state = NC > 1 or C0 is not None  # else every chunk starts empty: no state terms to compute
+    # one chunk (the parallel backend): the quadratic form's memory is O(S^2) anyway, so keep its two (S, S)
+    # matrices for backward instead of recomputing them (short sequences: speed matters more than memory)
+    keep = NC == 1
+    h, den, m_t, kept = _intra_forward(qc, kc, vc, row, col, lo, C_all[:, :, :NC], n_all[:, :, :NC],
+                                       m_all[..., :NC], eps, reverse, log_scale, out_dtype, has_state, keep)
+    return h, C_all, n_all, m_all, den, m_t, kept
 
-    @staticmethod
-    def backward(ctx, dh, dC_fin, dn_fin, dm_fin):
-        """The gradients of forward's inputs from those of h and the final state.
 
-        Long (about 90 lines) on purpose: one pass of the reverse-mode formulas, kept in the order of the forward's
-        steps (chunk gates, inter-chunk states, intra-chunk matrices recomputed, then q/k/v/gate gradients) so
-        that each line can be checked against its forward line; split into helpers it would pass a dozen tensors
-        between them. Tested against the float64 recurrence's autograd gradients.
-        """
-        qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t, *kept = ctx.saved_tensors
-        eps, reverse, skip, has_state = ctx.eps, ctx.reverse, ctx.skip, ctx.has_state
-        B, NH, NC, L, DK = qc.shape
-        acc = ic.dtype
-        mm = qc.dtype
-        log_scale = -0.5 * math.log(DK)
-        row, col, a, g, lo, A = _chunk_gates(ic, fc, reverse)
-        C_in, n_in, m_in = C_all[:, :, :NC], n_all[:, :, :NC], m_all[..., :NC]
+def chunks_backward(saved, kept, dh, dC_fin, dn_fin, dm_fin, eps: float, reverse: bool, need_final: bool):
+    """The gradients (dq, dk, dv, di, df, dC0, dn0, dm0; None for an absent initial state) of `chunks_forward`'s
+    inputs from those of h and the final state. `saved`: (qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all,
+    h, den, m_t), its inputs and outputs; `kept`: its `kept`.
 
-        # the readout h = num / nrm, nrm = max(|den|, e) + eps, e = exp(-m_t) (capped)
-        dh = dh.to(acc)
-        e = torch.exp((-m_t - lo).clamp(max=EXP_MAX[acc]))
-        den_wins = den.abs() >= e
-        nrm = torch.where(den_wins, den.abs(), e) + eps  # (B, NH, NC, L)
-        dhh = (dh * h).sum(-1)  # (B, NH, NC, L)  dh . h
-        dnum = dh / nrm[..., None]  # (B, NH, NC, L, DV)
-        dden = torch.where(den_wins, -dhh / nrm * den.sign(), 0.0)
-        # m_t moves num, den and e together; what is left is the eps term (and e's cap): dm = -eps (dh . h) / nrm
-        e_live = torch.where(den_wins, den.abs(), torch.where(-m_t - lo < EXP_MAX[acc], e, 0.0))
-        dm_t = dhh * (e_live / nrm - 1.0)  # (B, NH, NC, L)
+    Long (about 90 lines) on purpose: one pass of the reverse-mode formulas, kept in the order of the forward's
+    steps (chunk gates, inter-chunk states, intra-chunk matrices recomputed, then q/k/v/gate gradients) so
+    that each line can be checked against its forward line; split into helpers it would pass a dozen tensors
+    between them. Tested against the float64 recurrence's autograd gradients.
+    """
+    qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t = saved
+    B, NH, NC, L, DK = qc.shape
+    skip = NC == 1 and not need_final  # as forward decided
+    has_state = NC > 1 or C0 is not None
+    acc = ic.dtype
+    mm = qc.dtype
+    log_scale = -0.5 * math.log(DK)
+    row, col, a, g, lo, A = _chunk_gates(ic, fc, reverse)
+    C_in, n_in, m_in = C_all[:, :, :NC], n_all[:, :, :NC], m_all[..., :NC]
 
-        dq, dk, dv, dlogD_row, dlogD_col, dls, dC_in, dn_in, state_wins, idx = _intra_backward(
-            qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale, has_state, kept
-        )
-        # route dm_t to the argmax of its row: one step of the chunk, or the carried state
-        dm_row = torch.where(state_wins, 0.0, dm_t)
-        dls = dls + torch.where(state_wins, dm_t, 0.0)
-        dm_in = torch.where(state_wins, dm_t, 0.0).sum(-1)  # (B, NH, NC)  the chain to earlier chunks
-        dFc = dlogD_row - dlogD_col + dls + dm_row
-        dFc.scatter_add_(-1, idx, -dm_row)
-        dic = dlogD_col.scatter_add(-1, idx, dm_row)
+    # the readout h = num / nrm, nrm = max(|den|, e) + eps, e = exp(-m_t) (capped)
+    dh = dh.to(acc)
+    e = torch.exp((-m_t - lo).clamp(max=EXP_MAX[acc]))
+    den_wins = den.abs() >= e
+    nrm = torch.where(den_wins, den.abs(), e) + eps  # (B, NH, NC, L)
+    dhh = (dh * h).sum(-1)  # (B, NH, NC, L)  dh . h
+    dnum = dh / nrm[..., None]  # (B, NH, NC, L, DV)
+    dden = torch.where(den_wins, -dhh / nrm * den.sign(), 0.0)
+    # m_t moves num, den and e together; what is left is the eps term (and e's cap): dm = -eps (dh . h) / nrm
+    e_live = torch.where(den_wins, den.abs(), torch.where(-m_t - lo < EXP_MAX[acc], e, 0.0))
+    dm_t = dhh * (e_live / nrm - 1.0)  # (B, NH, NC, L)
 
-        # the states: row c < NC of C_all enters chunk c, row NC is the final state (an output)
-        dC_all = torch.cat([dC_in, dC_fin[:, :, None].to(acc)], 2)  # (B, NH, NC+1, DK, DV)
-        dn_all = torch.cat([dn_in, dn_fin[:, :, None].to(acc)], 2)  # (B, NH, NC+1, DK)
-        # the final m is an output: the stabilised C and n move against it
-        dm_end = dm_fin.to(acc) - (dC_fin * C_all[:, :, NC]).sum((-2, -1)) - (dn_fin * n_all[:, :, NC]).sum(-1)
-        dm_all = torch.cat([dm_in, dm_end[..., None]], -1)  # (B, NH, NC+1)
-        dm_all = dm_all.masked_fill(m_all == float("-inf"), 0.0)  # an empty state's m = -inf depends on nothing
-        dGex = (dC_all * C_all).sum((-2, -1)) + (dn_all * n_all).sum(-1) + dm_all  # (B, NH, NC+1)
+    dq, dk, dv, dlogD_row, dlogD_col, dls, dC_in, dn_in, state_wins, idx = _intra_backward(
+        qc, kc, vc, row, col, C_in, n_in, m_in, m_t, dnum, dden, reverse, log_scale, has_state, kept
+    )
+    # route dm_t to the argmax of its row: one step of the chunk, or the carried state
+    dm_row = torch.where(state_wins, 0.0, dm_t)
+    dls = dls + torch.where(state_wins, dm_t, 0.0)
+    dm_in = torch.where(state_wins, dm_t, 0.0).sum(-1)  # (B, NH, NC)  the chain to earlier chunks
+    dFc = dlogD_row - dlogD_col + dls + dm_row
+    dFc.scatter_add_(-1, idx, -dm_row)
+    dic = dlogD_col.scatter_add(-1, idx, dm_row)
 
-        m_loc = torch.full_like(g, float("-inf"), dtype=acc) if skip else a.amax(-1)
-        logw, log_init = _chunk_mix(A, m_loc, m0, reverse, acc)
-        m_ref = _finite_ref(m_all)
-        dC0 = dn0 = dm0 = None
-        if NC > LOOP_MIN_CHUNKS:
-            dC_loc, dn_loc, dC0, dn0 = _state_scan_backward(dC_all, dn_all, g, m_loc, m_all, log_init, reverse)
-        else:
-            w_in = torch.exp(logw - m_ref[..., None])  # (B, NH, NC+1, NC)
-            dC_loc = (w_in.transpose(-2, -1) @ dC_all.flatten(-2)).unflatten(-1, C_all.shape[-2:])  # (B,NH,NC,DK,DV)
-            dn_loc = w_in.transpose(-2, -1) @ dn_all  # (B, NH, NC, DK)
-            if log_init is not None:
-                w0 = torch.exp(log_init - m_ref)  # (B, NH, NC+1)
-                dC0 = (w0[..., None, None] * dC_all).sum(2)
-                dn0 = (w0[..., None] * dn_all).sum(2)
+    # the states: row c < NC of C_all enters chunk c, row NC is the final state (an output)
+    dC_all = torch.cat([dC_in, dC_fin[:, :, None].to(acc)], 2)  # (B, NH, NC+1, DK, DV)
+    dn_all = torch.cat([dn_in, dn_fin[:, :, None].to(acc)], 2)  # (B, NH, NC+1, DK)
+    # the final m is an output: the stabilised C and n move against it
+    dm_end = dm_fin.to(acc) - (dC_fin * C_all[:, :, NC]).sum((-2, -1)) - (dn_fin * n_all[:, :, NC]).sum(-1)
+    dm_all = torch.cat([dm_in, dm_end[..., None]], -1)  # (B, NH, NC+1)
+    dm_all = dm_all.masked_fill(m_all == float("-inf"), 0.0)  # an empty state's m = -inf depends on nothing
+    dGex = (dC_all * C_all).sum((-2, -1)) + (dn_all * n_all).sum(-1) + dm_all  # (B, NH, NC+1)
+
+    m_loc = torch.full_like(g, float("-inf"), dtype=acc) if skip else a.amax(-1)
+    logw, log_init = _chunk_mix(A, m_loc, m0, reverse, acc)
+    m_ref = _finite_ref(m_all)
+    dC0 = dn0 = dm0 = None
+    if NC > LOOP_MIN_CHUNKS:
+        dC_loc, dn_loc, dC0, dn0 = _state_scan_backward(dC_all, dn_all, g, m_loc, m_all, log_init, reverse)
+    else:
+        w_in = torch.exp(logw - m_ref[..., None])  # (B, NH, NC+1, NC)
+        dC_loc = (w_in.transpose(-2, -1) @ dC_all.flatten(-2)).unflatten(-1, C_all.shape[-2:])  # (B,NH,NC,DK,DV)
+        dn_loc = w_in.transpose(-2, -1) @ dn_all  # (B, NH, NC, DK)
         if log_init is not None:
-            dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1)
-        # dm_all to the argmax of each state's stabiliser: a chunk summary j, or the initial state
-        lw_max, j_star = logw.max(-1)  # (B, NH, NC+1)
-        init_wins = (log_init > lw_max) if log_init is not None else torch.zeros_like(lw_max, dtype=torch.bool)
-        dm_chunk = torch.where(init_wins | (lw_max == float("-inf")), 0.0, dm_all)
-        if dm0 is not None:
-            dm0 = dm0 + torch.where(init_wins, dm_all, 0.0).sum(-1)
-        dm_loc = torch.zeros_like(m_loc).scatter_add_(-1, j_star, dm_chunk)  # (B, NH, NC)
-        dA = -torch.zeros_like(m_loc).scatter_add_(-1, j_star, dm_chunk)
+            w0 = torch.exp(log_init - m_ref)  # (B, NH, NC+1)
+            dC0 = (w0[..., None, None] * dC_all).sum(2)
+            dn0 = (w0[..., None] * dn_all).sum(2)
+    if log_init is not None:
+        dm0 = (dC0 * C0).sum((-2, -1)) + (dn0 * n0).sum(-1)
+    # dm_all to the argmax of each state's stabiliser: a chunk summary j, or the initial state
+    lw_max, j_star = logw.max(-1)  # (B, NH, NC+1)
+    init_wins = (log_init > lw_max) if log_init is not None else torch.zeros_like(lw_max, dtype=torch.bool)
+    dm_chunk = torch.where(init_wins | (lw_max == float("-inf")), 0.0, dm_all)
+    if dm0 is not None:
+        dm0 = dm0 + torch.where(init_wins, dm_all, 0.0).sum(-1)
+    dm_loc = torch.zeros_like(m_loc).scatter_add_(-1, j_star, dm_chunk)  # (B, NH, NC)
+    dA = -torch.zeros_like(m_loc).scatter_add_(-1, j_star, dm_chunk)
 
-        # the summaries C_loc = sum_s wa_s k_s v_s^T (keys scaled), n_loc = sum_s wa_s k_s
-        if skip:  # none was made: nothing reads them
-            da = torch.zeros_like(a)
-        else:
-            wa = torch.exp(a - (_finite_ref(m_loc) - log_scale)[..., None]).nan_to_num_(nan=0.0)  # (B, NH, NC, L)
-            dC_loc_mm = dC_loc.to(mm)
-            Z = _mm(vc, dC_loc_mm.transpose(-2, -1), acc) + dn_loc[:, :, :, None]  # (B, NH, NC, L, DK)
-            dk = dk.addcmul_(Z, wa[..., None])
-            da = (kc * Z).sum(-1) * wa  # (B, NH, NC, L)
-            dv = dv + _mm((kc * wa[..., None]).to(mm), dC_loc_mm, acc)
-            dA = dA - da.sum(-1)
-            _, s_star = a.max(-1)  # (B, NH, NC)
-            da = da.scatter_add(-1, s_star[..., None], dm_loc[..., None])
+    # the summaries C_loc = sum_s wa_s k_s v_s^T (keys scaled), n_loc = sum_s wa_s k_s
+    if skip:  # none was made: nothing reads them
+        da = torch.zeros_like(a)
+    else:
+        wa = torch.exp(a - (_finite_ref(m_loc) - log_scale)[..., None]).nan_to_num_(nan=0.0)  # (B, NH, NC, L)
+        dC_loc_mm = dC_loc.to(mm)
+        Z = _mm(vc, dC_loc_mm.transpose(-2, -1), acc) + dn_loc[:, :, :, None]  # (B, NH, NC, L, DK)
+        dk = dk.addcmul_(Z, wa[..., None])
+        da = (kc * Z).sum(-1) * wa  # (B, NH, NC, L)
+        dv = dv + _mm((kc * wa[..., None]).to(mm), dC_loc_mm, acc)
+        dA = dA - da.sum(-1)
+        _, s_star = a.max(-1)  # (B, NH, NC)
+        da = da.scatter_add(-1, s_star[..., None], dm_loc[..., None])
 
-        # a = g - Fc + i;  A = cumsum(g) over chunks, Gex = [A - g, A[end]];  g = Fc[end of chunk]
-        dic = dic + da
-        dFc = dFc - da
-        dg = da.sum(-1) - dGex[..., :NC]
-        dA = dA + dGex[..., :NC]
-        end = 0 if reverse else NC - 1
-        dA[..., end] += dGex[..., NC]
-        dg = dg + _cumsum_adjoint(dA, reverse)
-        dFc[..., 0 if reverse else L - 1] += dg
-        dfc = _cumsum_adjoint(dFc, reverse)
-        return dq.to(mm), dk.to(mm), dv.to(mm), dic, dfc, dC0, dn0, dm0, None, None, None, None
+    # a = g - Fc + i;  A = cumsum(g) over chunks, Gex = [A - g, A[end]];  g = Fc[end of chunk]
+    dic = dic + da
+    dFc = dFc - da
+    dg = da.sum(-1) - dGex[..., :NC]
+    dA = dA + dGex[..., :NC]
+    end = 0 if reverse else NC - 1
+    dA[..., end] += dGex[..., NC]
+    dg = dg + _cumsum_adjoint(dA, reverse)
+    dFc[..., 0 if reverse else L - 1] += dg
+    dfc = _cumsum_adjoint(dFc, reverse)
+    return dq.to(mm), dk.to(mm), dv.to(mm), dic, dfc, dC0, dn0, dm0
 
 
 def _mm(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
@@ -370,7 +375,7 @@ def _intra_forward(qc, kc, vc, row, col, lo, C_in, n_in, m_in, eps, reverse, log
     logD.masked_fill_(~_order_mask(L, L, reverse, qc.device), float("-inf"))
     if keep:
         m_t, idx = logD.max(-1)  # (B, NH, NC, L)
-        mrow = m_t
+        mrow = m_t.clone() if not has_state else m_t  # its own tensor: m_t is an output too
     else:
         m_t = logD.amax(-1)  # (B, NH, NC, L)
     if has_state:
@@ -445,27 +450,3 @@ def fit_chunk(S: int, chunk_size: int) -> int:
         if S % L == 0:
             return L
     return chunk_size
-
-
-def _scan(q, k, v, i, logf, state, eps, L, reverse, out_dtype, need_final=True):
-    """Pad to a multiple of L at the traversal's end, chunk, run `_ChunkwiseMLSTM`; (h (B, NH, S, DV), state).
-
-    Padded steps neither write (input gate -inf) nor forget (log forget gate 0), so they change neither earlier
-    outputs nor the final state.
-    """
-    B, NH, S, DK = q.shape
-    DV = v.shape[-1]
-    pad = (-S) % L
-    if pad:
-        where = (pad, 0) if reverse else (0, pad)
-        q, k, v = (F.pad(t, (0, 0, *where)) for t in (q, k, v))
-        i = F.pad(i, where, value=float("-inf"))
-        logf = F.pad(logf, where, value=0.0)
-    NC = (S + pad) // L
-    qc, kc, vc = (t.reshape(B, NH, NC, L, t.shape[-1]) for t in (q, k, v))  # (B, NH, NC, L, D*)  views
-    ic, fc = i.reshape(B, NH, NC, L), logf.reshape(B, NH, NC, L)
-    C0, n0, m0 = state if state is not None else (None, None, None)
-    h, C, n, m = _ChunkwiseMLSTM.apply(qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype, need_final)
-    h = h.reshape(B, NH, NC * L, DV)
-    h = h[:, :, pad:] if reverse else h[:, :, :S]
-    return h, MLSTMState(C, n, m)
