@@ -138,3 +138,29 @@ def test_inductor_bug_that_the_custom_op_avoids_still_exists():
                        timeout=900)  # fmt: skip
     fixed = p.returncode == 0 and "match" in p.stdout
     assert not fixed, f"torch {torch.__version__} compiles the traced scan correctly: the workaround can go"
+
+
+@pytest.mark.slow
+def test_compile_speed_script_writes_its_table(tmp_path, script):
+    """scripts/compile_speed.py at a tiny size: every contender timed, the ratio table written."""
+    mod = script("compile_speed")
+    assert mod.main(["--tokens", "16", "--dim", "32", "--rounds", "2", "--out-dir", str(tmp_path)]) == 0
+    rows = (tmp_path / "compile_speed.csv").read_text().splitlines()
+    assert rows[0] == "tokens,name,min_ms,median_ms,compile_s" and len(rows) == 5
+    md = (tmp_path / "compile_speed.md").read_text()
+    assert "compiled pair / compiled layer" in md and "| 16 |" in md
+
+
+def test_the_custom_ops_pass_opcheck():
+    """torch.library.opcheck: schema, fake (meta) shapes and strides, autograd registration of ultra_vil::mlstm_chunks
+    and its backward, for one chunk (the parallel form, which keeps its (L, L) matrices) and several with a state."""
+    from ultra_vil.mlstm import ops
+
+    torch.manual_seed(0)
+    for NC, with_state in ((1, False), (3, True)):
+        qc, kc, vc = (torch.randn(2, 2, NC, 8, 4, requires_grad=True) for _ in range(3))
+        ic, fc = (torch.randn(2, 2, NC, 8, requires_grad=True) for _ in range(2))
+        state = [torch.randn(2, 2, 4, 4), torch.randn(2, 2, 4), torch.randn(2, 2)] if with_state else [None] * 3
+        args = (qc, kc, vc, ic, fc, *state, 1e-6, NC == 3, torch.float32, True)
+        torch.library.opcheck(ops.mlstm_chunks, args, test_utils=("test_schema", "test_faketensor",
+                                                                  "test_autograd_registration"))  # fmt: skip

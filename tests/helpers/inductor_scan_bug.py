@@ -10,35 +10,16 @@ allocated yet"). Without ultra_vil's op, the same happens to `yolo train model=y
 import torch
 
 import ultra_vil.mlstm.ops as ops
-from ultra_vil.mlstm.chunkwise import chunks_backward, chunks_forward
 from ultra_vil.yolo.modules import ViLC2f
 
 
-class PlainScan(torch.autograd.Function):
-    """The op's forward and backward as an autograd Function: dynamo traces both, inductor compiles every step."""
-
-    @staticmethod
-    def forward(ctx, qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype, need_final):
-        h, C_all, n_all, m_all, den, m_t, kept = chunks_forward(qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse,
-                                                                out_dtype, need_final)  # fmt: skip
-        ctx.save_for_backward(qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t, *kept)
-        ctx.eps, ctx.reverse, ctx.need_final = eps, reverse, need_final
-        return h, C_all, n_all, m_all
-
-    @staticmethod
-    def backward(ctx, dh, dC_all, dn_all, dm_all):
-        saved = ctx.saved_tensors
-        grads = chunks_backward(saved[:14], tuple(saved[14:]), dh, dC_all[:, :, -1], dn_all[:, :, -1],
-                                dm_all[..., -1], ctx.eps, ctx.reverse, ctx.need_final)  # fmt: skip
-        return (*grads, None, None, None, None)
-
-
 def plain_scan(*args):
-    return PlainScan.apply(*args)
+    """The scan as the autograd Function eager code runs: dynamo traces it, inductor compiles every step."""
+    return ops.ChunkScan.apply(*args)
 
 
 def main() -> None:
-    ops.mlstm_chunks = plain_scan  # what `_scan` calls
+    ops.chunk_scan = plain_scan  # what `_scan` calls
     torch.manual_seed(0)
     layer = ViLC2f(128, 128, 1)
     x = torch.randn(1, 128, 8, 8, requires_grad=True)

@@ -6,7 +6,9 @@ it without a graph break and inductor fuses everything around it (the ViL layer'
 gate), but it does not generate code for the scan's own float64 gate sums, masks and stabilisers. Inductor's CPU
 code generator miscompiles those (torch 2.14.1, gcc 12: a C++ compile error, or vectorised kernels that write out
 of bounds and corrupt the heap; tests/test_compile.py keeps a reduced case), and the scan's matmuls are extern
-calls either way. Eager code calls the same ops; their dispatch costs a few microseconds a call.
+calls either way. Eager code runs the same two functions (`chunk_scan`): through an autograd Function when it
+trains, the forward alone in inference and under `torch.jit.trace` (the TorchScript-based ONNX exporter records
+their operations; it knows no ultra_vil:: op).
 
 Outputs may not alias inputs or each other, so the op returns the whole state tensors (the final state is their
 last row, taken outside) and the one-chunk (L, L) matrices backward reuses; where forward keeps none they are empty
@@ -106,8 +108,38 @@ def _backward(ctx, dh, dC_all, dn_all, dm_all, *unused):
 mlstm_chunks.register_autograd(_backward, setup_context=_setup_context)
 
 
+class ChunkScan(torch.autograd.Function):
+    """The same two passes as an autograd Function, for eager training: (h, C_all, n_all, m_all)."""
+
+    @staticmethod
+    def forward(ctx, qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype, need_final):
+        h, C_all, n_all, m_all, den, m_t, kept = chunks_forward(qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse,
+                                                                out_dtype, need_final)  # fmt: skip
+        ctx.save_for_backward(qc, kc, vc, ic, fc, C0, n0, m0, C_all, n_all, m_all, h, den, m_t, *kept)
+        ctx.eps, ctx.reverse, ctx.need_final = eps, reverse, need_final
+        return h, C_all, n_all, m_all
+
+    @staticmethod
+    def backward(ctx, dh, dC_all, dn_all, dm_all):
+        saved = ctx.saved_tensors
+        grads = chunks_backward(saved[:14], tuple(saved[14:]), dh, dC_all[:, :, -1], dn_all[:, :, -1],
+                                dm_all[..., -1], ctx.eps, ctx.reverse, ctx.need_final)  # fmt: skip
+        return (*grads, None, None, None, None)
+
+
+def chunk_scan(*args) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(h, C_all, n_all, m_all) of the chunked scan: the custom op while torch.compile traces; the forward alone
+    when no gradient is recorded (inference, and `torch.jit.trace`, which the ONNX exporter uses: it records the
+    scan's own operations); else `ChunkScan`, the hand-written backward."""
+    if torch.compiler.is_compiling():
+        return mlstm_chunks(*args)[:4]
+    if torch.jit.is_tracing() or not torch.is_grad_enabled():
+        return chunks_forward(*args)[:4]
+    return ChunkScan.apply(*args)
+
+
 def _scan(q, k, v, i, logf, state, eps, L, reverse, out_dtype, need_final=True):
-    """Pad to a multiple of L at the traversal's end, chunk, run `mlstm_chunks`; (h (B, NH, S, DV), state).
+    """Pad to a multiple of L at the traversal's end, chunk, run `chunk_scan`; (h (B, NH, S, DV), state).
 
     Padded steps neither write (input gate -inf) nor forget (log forget gate 0), so they change neither earlier
     outputs nor the final state.
@@ -124,7 +156,7 @@ def _scan(q, k, v, i, logf, state, eps, L, reverse, out_dtype, need_final=True):
     qc, kc, vc = (t.reshape(B, NH, NC, L, t.shape[-1]) for t in (q, k, v))  # (B, NH, NC, L, D*)  views
     ic, fc = i.reshape(B, NH, NC, L), logf.reshape(B, NH, NC, L)
     C0, n0, m0 = state if state is not None else (None, None, None)
-    h, C_all, n_all, m_all, *_ = mlstm_chunks(qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype, need_final)
+    h, C_all, n_all, m_all = chunk_scan(qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype, need_final)
     C, n, m = C_all[:, :, NC], n_all[:, :, NC], m_all[..., NC]  # the final state: the states' last row
     h = h.reshape(B, NH, NC * L, DV)
     h = h[:, :, pad:] if reverse else h[:, :, :S]

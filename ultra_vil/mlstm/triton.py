@@ -399,11 +399,8 @@ def _rel(a: Tensor, b: Tensor) -> float:
 
 
 def reference_inputs(B, NH, S, DK, DV, with_state: bool, seed: int = 0) -> tuple[list[Tensor], list[Tensor]]:
-    """Seeded float64 inputs of a check against the recurrence, and random projections of its outputs.
-
-    Returns ([q, k, v, igate, fgate] (+ [C0, n0, m0] with `with_state`: a state as a previous call would leave it,
-    finite and of moderate size), [weights of h, C, n, m]): a loss of those projections reaches every output.
-    Gates are spread (3 x randn, forget gates + 2) so that stabiliser and normaliser both matter."""
+    """Seeded float64 ([q, k, v, igate, fgate] (+ a moderate [C0, n0, m0] with `with_state`), [projections of h, C,
+    n, m]): a loss of the projections reaches every output; spread gates make stabiliser and normaliser matter."""
     g = torch.Generator().manual_seed(seed)
     q, k = (torch.randn(B, NH, S, DK, generator=g, dtype=torch.float64) for _ in range(2))
     v = torch.randn(B, NH, S, DV, generator=g, dtype=torch.float64)
