@@ -22,9 +22,22 @@ def _kernels(interpret: bool):
     tiles. Each kernel is tested against the float64 recurrence under TRITON_INTERPRET=1.
     """
     # the kernels resolve `tl` through this module's globals, as triton.jit requires
-    global triton, tl
+    global triton, tl, _state_tile
     import triton
     import triton.language as tl
+
+    @triton.jit
+    def _state_tile(DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+        """A state kernel program's place: (batch * head, key tile, value tile), the tile's key and value offsets
+        (BK,), (BV,), their masks, and the (BK, BV) mask and offsets of its piece of a (DK, DV) state."""
+        bh = tl.program_id(0).to(tl.int64)
+        pk = tl.program_id(1)
+        pv = tl.program_id(2)
+        offk = pk * BK + tl.arange(0, BK)  # (BK,)
+        offv = pv * BV + tl.arange(0, BV)  # (BV,)
+        mk = offk < DK
+        mv = offv < DV
+        return bh, pk, pv, offk, offv, mk, mv, mk[:, None] & mv[None, :], offk[:, None] * DV + offv[None, :]
 
     @triton.jit
     def _fwd_states(
@@ -34,16 +47,8 @@ def _kernels(interpret: bool):
         BV: tl.constexpr, HAS_INIT: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
         REVERSE: tl.constexpr, LF_MIN: tl.constexpr,
     ):  # fmt: skip
-        bh = tl.program_id(0).to(tl.int64)
-        pk = tl.program_id(1)
-        pv = tl.program_id(2)
-        offk = pk * BK + tl.arange(0, BK)  # (BK,)
-        offv = pv * BV + tl.arange(0, BV)  # (BV,)
+        bh, pk, pv, offk, offv, mk, mv, mkv, ckv = _state_tile(DK, DV, BK, BV)
         tau = tl.arange(0, BL)  # (BL,) step within the chunk; >= L is masked (chunk sizes not a power of two)
-        mk = offk < DK
-        mv = offv < DV
-        mkv = mk[:, None] & mv[None, :]  # (BK, BV)
-        ckv = offk[:, None] * DV + offv[None, :]  # (BK, BV)
         if HAS_INIT:
             C = tl.load(C0 + bh * DK * DV + ckv, mask=mkv, other=0.0).to(tl.float32)  # (BK, BV)
             n = tl.load(N0 + bh * DK + offk, mask=mk, other=0.0).to(tl.float32)  # (BK,)
@@ -169,16 +174,8 @@ def _kernels(interpret: bool):
         BV: tl.constexpr, HAS_DFIN: tl.constexpr, PREC: tl.constexpr, RT: tl.constexpr, CT: tl.constexpr,
         REVERSE: tl.constexpr, LF_MIN: tl.constexpr,
     ):  # fmt: skip
-        bh = tl.program_id(0).to(tl.int64)
-        pk = tl.program_id(1)
-        pv = tl.program_id(2)
-        offk = pk * BK + tl.arange(0, BK)
-        offv = pv * BV + tl.arange(0, BV)
+        bh, pk, pv, offk, offv, mk, mv, mkv, ckv = _state_tile(DK, DV, BK, BV)
         tau = tl.arange(0, BL)
-        mk = offk < DK
-        mv = offv < DV
-        mkv = mk[:, None] & mv[None, :]
-        ckv = offk[:, None] * DV + offv[None, :]
         if HAS_DFIN:
             dC = tl.load(DCF + bh * DK * DV + ckv, mask=mkv, other=0.0).to(tl.float32)  # (BK, BV)
             dn = tl.load(DNF + bh * DK + offk, mask=mk, other=0.0).to(tl.float32)  # (BK,)

@@ -104,13 +104,7 @@ class ViLC3k(YOLOModule):
     Two 1x1 Convs to c_ = int(c2 * e) channels each; one branch runs `n` ViL block pairs (a `ViLStage`), the other
     is kept; the two are concatenated and fused by a 1x1 Conv to c2.
 
-    Args:
-        c1: Input channels.
-        c2: Output channels.
-        n: Number of ViL block pairs (2, as C3k2 builds its C3k).
-        e: Hidden-channel ratio, in (0, 1].
-        expansion: Inner width of each ViL layer as a multiple of the hidden channels (2 in ViL).
-        drop_path: Stochastic-depth rate of every ViL block, in [0, 1).
+    Arguments as for ViLC2f, but `n` defaults to 2 ViL block pairs, as C3k2 builds its C3k.
     """
 
     def __init__(
