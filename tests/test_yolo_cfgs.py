@@ -19,13 +19,8 @@ import ultra_vil.yolo as uy
 from ultra_vil.yolo import register as reg
 from ultra_vil.yolo.modules import ViLC2f, ViLStage
 
-from helpers.yolo import (  # noqa: E402  (after the registration)
-    assert_stock_channel_plan,
-    check_forward_square_and_rectangular,
-    parse_on_meta,
-    scale_n_model,
-    scaled,
-)
+# after the registration:
+from helpers.yolo import assert_stock_channel_plan, check_forward_square_and_rectangular, scale_n_model, scaled  # noqa: E402
 
 tasks = pytest.importorskip("ultralytics.nn.tasks")
 
