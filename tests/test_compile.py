@@ -19,14 +19,13 @@ HELPERS = Path(__file__).resolve().parent / "helpers"
 def assert_compiled_matches_eager(module, inputs, call=None, rtol=1e-4, atol=1e-5):
     """fullgraph compile (inductor) vs eager: outputs and the gradients of every input and parameter."""
     call = call or (lambda m, *xs: m(*xs))
-    leaves = [x.detach().clone().requires_grad_() for x in inputs]
     # dynamic=False: one graph per input shape. Over symbolic grid sizes (dynamo's automatic dynamic shapes after a
     # second grid) inductor fails to compile the ViL layer (see test_batch_size_may_change_the_grid_may_not)
     compiled = torch.compile(lambda *xs: call(module, *xs), fullgraph=True, dynamic=False)
     results = []
     for fn in (lambda *xs: call(module, *xs), compiled):
         module.zero_grad(set_to_none=True)
-        xs = [x.detach().clone().requires_grad_() for x in leaves]
+        xs = [x.detach().clone().requires_grad_() for x in inputs]
         out = fn(*xs)
         torch.manual_seed(1)
         (out * torch.randn_like(out)).sum().backward()

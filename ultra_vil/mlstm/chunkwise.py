@@ -111,8 +111,6 @@ def _chunk_mix(A: tuple[Tensor, Tensor], m_loc: Tensor, m0: Tensor | None, rever
 
     def to_start(x: Tensor) -> Tensor:  # (..., NC) to chunk ends -> (..., NC+1) to chunk starts, row NC: the end
         # (= x - g, formed without g so a NaN in chunk c reaches only later chunks)
-        if NC == 1:  # [0, x]; written without the empty slice x[..., :0] (see INDUCTOR_EMPTY_SLICE)
-            return torch.cat([torch.zeros_like(x), x], -1)
         parts = [F.pad(x[..., 1:], (0, 1)), x[..., :1]] if reverse else [F.pad(x[..., :-1], (1, 0)), x[..., -1:]]
         return torch.cat(parts, -1)
 
@@ -375,7 +373,7 @@ def _intra_forward(qc, kc, vc, row, col, lo, C_in, n_in, m_in, eps, reverse, log
     logD.masked_fill_(~_order_mask(L, L, reverse, qc.device), float("-inf"))
     if keep:
         m_t, idx = logD.max(-1)  # (B, NH, NC, L)
-        mrow = m_t.clone() if not has_state else m_t  # its own tensor: m_t is an output too
+        mrow = m_t
     else:
         m_t = logD.amax(-1)  # (B, NH, NC, L)
     if has_state:

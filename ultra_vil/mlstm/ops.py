@@ -25,9 +25,6 @@ from torch import Tensor
 from .chunkwise import chunks_backward, chunks_forward
 from .recurrent import MLSTMState
 
-_OUTPUTS = 10  # h, C_all, n_all, m_all, den, m_t, D, P, idx, mrow
-
-
 def _empty(like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
     return like.new_empty(0, dtype=dtype)
 
@@ -42,6 +39,8 @@ def mlstm_chunks(
     h, C_all, n_all, m_all, den, m_t, kept = chunks_forward(qc, kc, vc, ic, fc, C0, n0, m0, eps, reverse, out_dtype,
                                                             need_final)  # fmt: skip
     D, P, idx, mrow = kept if kept else (_empty(ic), _empty(ic), _empty(ic, torch.int64), _empty(ic))
+    if mrow is m_t:  # one chunk, no state: the row max is m_t itself, and outputs may not alias each other
+        mrow = mrow.clone()
     return tuple(t.contiguous() for t in (h, C_all, n_all, m_all, den, m_t, D, P, idx, mrow))
 
 

@@ -124,14 +124,15 @@ def yaml_sha(path: Path) -> str:
 def model_sha(yaml_path: Path) -> str:
     """The model YAML's content sha, plus its backbone weights' file shas (other weights: a new run, not a skipped
     one). Editing a comment of the YAML keeps the sha; changing a layer changes it."""
-    return "+".join([yaml_sha(yaml_path), *(file_sha(Path(w)) for w in backbone_weights(yaml_path))])
+    return model_shas(yaml_path)[0]
 
 
 def model_shas(yaml_path: Path) -> tuple[str, str]:
     """(model_sha, the same over the YAML's raw bytes): a row stored with either belongs to this model. Rows of
-    studies written before content shas hold the byte form, which stays valid while the file is unchanged."""
+    studies written before content shas hold the byte form, which stays valid while the file is unchanged. The
+    weights files (possibly large) are hashed once for both."""
     weights = [file_sha(Path(w)) for w in backbone_weights(yaml_path)]
-    return model_sha(yaml_path), "+".join([file_sha(yaml_path), *weights])
+    return "+".join([yaml_sha(yaml_path), *weights]), "+".join([file_sha(yaml_path), *weights])
 
 
 def pick_models(paths: list[str], scale: str, baseline: str = "auto") -> list[dict]:
